@@ -1,0 +1,78 @@
+//! Keypoint networks. Every model maps a batch of grayscale images `[batch, 1, H, W]` to landmark
+//! coordinates `[batch, 2K]` (x0, y0, x1, y1, ...) as fractions of width and height.
+
+pub mod imm_net;
+pub mod nose_net;
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub use imm_net::{ImmNet, ImmNetConfig, Pooling};
+pub use nose_net::{NoseNet, NoseNetConfig};
+
+/// Which network to build, with its settings. Stored in every run's `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ModelConfig {
+    NoseNet(NoseNetConfig),
+    ImmNet(ImmNetConfig),
+}
+
+impl ModelConfig {
+    pub fn init(&self, device: &Device) -> KeypointNet {
+        match self {
+            ModelConfig::NoseNet(c) => KeypointNet::Nose(c.init(device)),
+            ModelConfig::ImmNet(c) => KeypointNet::Imm(c.init(device)),
+        }
+    }
+
+    /// Input size `(width, height)` the network expects.
+    pub fn input_size(&self) -> (usize, usize) {
+        match self {
+            ModelConfig::NoseNet(c) => (c.input_width, c.input_height),
+            ModelConfig::ImmNet(c) => (c.input_width, c.input_height),
+        }
+    }
+}
+
+/// Any of facemark's coordinate-regression networks.
+#[derive(Module, Debug)]
+pub enum KeypointNet {
+    Nose(NoseNet),
+    Imm(ImmNet),
+}
+
+impl KeypointNet {
+    /// `[batch, 1, H, W] -> [batch, 2K]`.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        match self {
+            KeypointNet::Nose(m) => m.forward(images),
+            KeypointNet::Imm(m) => m.forward(images),
+        }
+    }
+
+    /// Weights of the first convolution, `[out_channels, 1, k, k]`, for filter images.
+    pub fn first_filters(&self) -> Tensor<4> {
+        match self {
+            KeypointNet::Nose(m) => m.conv1.weight.val(),
+            KeypointNet::Imm(m) => m.convs[0].weight.val(),
+        }
+    }
+}
+
+/// Output length of a convolution or pooling along one axis.
+pub(crate) fn conv_out(size: usize, kernel: usize, stride: usize, padding: usize) -> usize {
+    (size + 2 * padding - kernel) / stride + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conv_arithmetic() {
+        assert_eq!(conv_out(60, 3, 2, 1), 30);
+        assert_eq!(conv_out(80, 3, 2, 1), 40);
+        assert_eq!(conv_out(15, 2, 2, 0), 7);
+    }
+}
