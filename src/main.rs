@@ -1,1 +1,400 @@
-fn main(){}
+//! The `facemark` command: parses flags, calls the library, maps errors to an exit code.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use facemark::model::{ModelConfig, Pooling};
+use facemark::run::{RunDir, write_atomic, write_json};
+use facemark::train::{Schedule, TaskData, Task, TrainConfig};
+
+#[derive(Parser)]
+#[command(name = "facemark", version, about = "Train, evaluate and run facial-keypoint networks")]
+struct Cli {
+    /// Folder holding the data sets (imm_face_db/, ibug_300w/, ...).
+    #[arg(long, global = true, env = "FACEMARK_DATA", default_value = "data")]
+    data: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model into a run directory, then evaluate it and draw its figures.
+    Train(TrainArgs),
+    /// Run a whole part of the study (all its runs, metrics and figures) into a results folder.
+    Study {
+        task: Task,
+        /// Where metrics and figures go (checked into results/).
+        #[arg(long)]
+        out: PathBuf,
+        /// Where the runs' checkpoints go.
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+    },
+    /// Evaluate a model on the validation persons.
+    Eval {
+        /// A run directory or a shipped model's name (nose, imm58).
+        #[arg(long)]
+        model: String,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find landmarks in images.
+    Predict {
+        #[arg(long)]
+        model: String,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Print CSV (image,point,x,y) instead of JSON.
+        #[arg(long)]
+        csv: bool,
+        /// Write each image with its points drawn into this folder.
+        #[arg(long)]
+        draw: Option<PathBuf>,
+    },
+    /// Draw the first convolution layer's filters.
+    Filters {
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value = "filters.png")]
+        out: PathBuf,
+    },
+    /// Draw the validation loss curves of several runs on one plot.
+    Compare {
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Copy a run's best weights, in half precision, to the shipped models as NAME.
+    Ship {
+        run: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Measure training and inference throughput (JSON lines).
+    Bench {
+        /// Which task's network to measure.
+        #[arg(long, default_value = "nose")]
+        model: Task,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Measure with the best recipe's augmentation in the real pipeline.
+        #[arg(long)]
+        augment: bool,
+    },
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    task: Task,
+    /// Run directory to create.
+    #[arg(long, conflicts_with = "resume")]
+    out: Option<PathBuf>,
+    /// Continue an interrupted run in this directory.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Replace an existing run in --out.
+    #[arg(long)]
+    force: bool,
+    /// Start from the study's recipe or from facemark's best.
+    #[arg(long, value_enum, default_value = "study")]
+    recipe: Recipe,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Learning rate (Adam).
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    schedule: Option<Schedule>,
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Width of NoseNet's first convolutions (20 in the study, 12 for the width experiment).
+    #[arg(long)]
+    width: Option<usize>,
+    /// Pooling between ImmNet's convolutions.
+    #[arg(long)]
+    pooling: Option<Pooling>,
+    /// Turn the recipe's augmentation off.
+    #[arg(long)]
+    no_augment: bool,
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Recipe {
+    Study,
+    Best,
+}
+
+impl TrainArgs {
+    /// The recipe with the flags applied, validated once.
+    fn config(&self) -> Result<TrainConfig> {
+        let mut c = match self.recipe {
+            Recipe::Study => TrainConfig::study(self.task),
+            Recipe::Best => TrainConfig::best(self.task),
+        };
+        if let Some(v) = self.epochs {
+            c.epochs = v;
+        }
+        if let Some(v) = self.batch_size {
+            c.batch_size = v;
+        }
+        if let Some(v) = self.lr {
+            c.learning_rate = v;
+        }
+        if let Some(v) = self.schedule {
+            c.schedule = v;
+        }
+        if let Some(v) = self.weight_decay {
+            c.weight_decay = v;
+        }
+        if let Some(v) = self.seed {
+            c.seed = v;
+        }
+        if self.no_augment {
+            c.augment = None;
+        }
+        match (&mut c.model, self.width, self.pooling) {
+            (ModelConfig::NoseNet(m), Some(w), _) => m.width = w,
+            (ModelConfig::ImmNet(m), _, Some(p)) => m.pooling = p,
+            (_, None, None) => {}
+            _ => bail!("--width applies to the nose task, --pooling to imm58"),
+        }
+        c.validate().map_err(anyhow::Error::msg)?;
+        Ok(c)
+    }
+}
+
+/// The IMM folder inside the data directory (or the directory itself if it holds .asf files).
+fn imm_dir(data: &Path) -> PathBuf {
+    let nested = data.join("imm_face_db");
+    if nested.is_dir() { nested } else { data.to_owned() }
+}
+
+/// Trains (or resumes) one run and writes its report; returns the evaluation.
+fn train_run(config: &TrainConfig, data: &TaskData, dir: &Path, resume: bool, force: bool) -> Result<facemark::report::EvalSummary> {
+    let run = RunDir::new(dir);
+    if run.exists() && !resume {
+        if !force {
+            return Err(facemark::run::RunError::Exists(dir.to_owned()).into());
+        }
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    let show_progress = std::env::var_os("CI").is_none();
+    let outcome = facemark::train::train(config, data, &run, resume, show_progress)?;
+    let summary = facemark::report::write_report(&run, config, data, &outcome.state, &outcome.best)?;
+    eprintln!(
+        "{}: validation mean error {:.1} px at 640x480 (mean shape {:.1} px), best epoch {}",
+        dir.display(),
+        summary.mean_px_error,
+        summary.mean_shape_px_error,
+        outcome.state.best_epoch.unwrap_or(0)
+    );
+    Ok(summary)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(args) => {
+            let (config, dir, resume) = match &args.resume {
+                Some(dir) => (RunDir::new(dir).read_config()?, dir.clone(), true),
+                None => {
+                    let dir = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(args.task.name()));
+                    (args.config()?, dir, false)
+                }
+            };
+            let data = TaskData::load(&config, &imm_dir(&cli.data))?;
+            train_run(&config, &data, &dir, resume, args.force)?;
+        }
+        Command::Study { task, out, runs } => study(task, &imm_dir(&cli.data), &out, &runs)?,
+        Command::Eval { model, json } => {
+            let predictor = facemark::inference::Predictor::load(&model)?;
+            let config = &predictor.model.config;
+            let data = TaskData::load(config, &imm_dir(&cli.data))?;
+            let summary = facemark::report::evaluate(&predictor.model.net, config, &data).summary;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!(
+                    "{model}: validation MSE {:.6}, mean error {:.2} px at 640x480 over {} images (mean shape {:.2} px)",
+                    summary.mse, summary.mean_px_error, summary.count, summary.mean_shape_px_error
+                );
+            }
+        }
+        Command::Predict { model, images, csv, draw } => predict(&model, &images, csv, draw.as_deref())?,
+        Command::Filters { model, out } => {
+            let predictor = facemark::inference::Predictor::load(&model)?;
+            facemark::report::write_filters(&predictor.model.net, &out)?;
+            eprintln!("wrote {}", out.display());
+        }
+        Command::Compare { runs, out } => compare(&runs, &out)?,
+        Command::Ship { run, name } => {
+            let loaded = facemark::run::load_trained(&run.to_string_lossy(), &facemark::backend::device())?;
+            let dir = facemark::run::models_dir().join(&name);
+            facemark::run::save_model_half(&loaded.net, &dir.join("model.bpk"))?;
+            write_json(&dir.join("config.json"), &loaded.config)?;
+            eprintln!("shipped {} as {}", loaded.source.display(), dir.display());
+        }
+        Command::Bench { model, batch_size, seconds, augment } => {
+            let mut train = if augment { TrainConfig::best(model) } else { TrainConfig::study(model) };
+            train.batch_size = batch_size;
+            if !augment {
+                train.augment = None;
+            }
+            let data = TaskData::load(&train, &imm_dir(&cli.data));
+            if let Err(e) = &data {
+                eprintln!("real-data benchmarks skipped: {e}");
+            }
+            let config = facemark::bench::BenchConfig {
+                train,
+                duration: Duration::from_secs_f64(seconds),
+            };
+            facemark::bench::run(&config, data.as_ref().ok(), |r| {
+                println!("{}", serde_json::to_string(r).expect("serializable"));
+            });
+            if let Some(mib) = facemark::bench::peak_memory_mib() {
+                println!("{}", serde_json::json!({"bench": "peak_memory", "task": model.name(), "peak_rss_mib": mib}));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn predict(model: &str, images: &[PathBuf], csv: bool, draw: Option<&Path>) -> Result<()> {
+    let predictor = facemark::inference::Predictor::load(model)?;
+    let mut predictions = Vec::new();
+    let mut failures = 0;
+    for path in images {
+        match predictor.predict_file(path) {
+            Ok(p) => {
+                if let Some(dir) = draw {
+                    let name = path.file_stem().unwrap_or_default().to_string_lossy();
+                    let out = dir.join(format!("{name}.png"));
+                    facemark::inference::draw_prediction(&p, &out)?;
+                }
+                predictions.push(p);
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                failures += 1;
+            }
+        }
+    }
+    if csv {
+        print!("{}", facemark::inference::predictions_csv(&predictions));
+    } else {
+        println!("{}", serde_json::to_string_pretty(&predictions)?);
+    }
+    if failures > 0 {
+        bail!("{failures} of {} images could not be read", images.len());
+    }
+    Ok(())
+}
+
+fn compare(runs: &[PathBuf], out: &Path) -> Result<()> {
+    let mut curves = Vec::new();
+    for dir in runs {
+        let state = RunDir::new(dir).read_state()?;
+        let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        curves.push(facemark::figures::Curve {
+            label: format!("{name} (validation)"),
+            values: state.history.iter().map(|r| r.val_loss as f32).collect(),
+            dashed: false,
+        });
+        curves.push(facemark::figures::Curve {
+            label: format!("{name} (training)"),
+            values: state.history.iter().map(|r| r.train_loss as f32).collect(),
+            dashed: true,
+        });
+    }
+    facemark::figures::loss_curves(out, "loss per epoch", "loss (MSE)", &curves)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// The runs of one part of the study, each with its flags (as `facemark train` takes them).
+fn study_runs(task: Task) -> Vec<(&'static str, Vec<&'static str>)> {
+    match task {
+        Task::Nose => vec![
+            ("study", vec![]),
+            ("lr_1e-4", vec!["--lr", "1e-4"]),
+            ("width_12", vec!["--width", "12"]),
+            ("best", vec!["--recipe", "best"]),
+        ],
+        Task::Imm58 => vec![
+            ("avg_pool", vec![]),
+            ("max_pool", vec!["--pooling", "max"]),
+            ("no_augment", vec!["--no-augment"]),
+            ("best", vec!["--recipe", "best"]),
+        ],
+    }
+}
+
+/// Runs every experiment of a part and gathers their metrics and figures into `out`.
+fn study(task: Task, imm: &Path, out: &Path, runs_root: &Path) -> Result<()> {
+    let mut table = String::from("| run | command | best epoch | val MSE | mean error (px, 640x480) | median (px) | mean shape (px) |\n|---|---|---|---|---|---|---|\n");
+    let mut run_dirs = Vec::new();
+    let mut data: Option<TaskData> = None;
+    for (name, flags) in study_runs(task) {
+        let argv: Vec<String> = ["facemark", "train", task.name()].iter().map(|s| s.to_string()).chain(flags.iter().map(|s| s.to_string())).collect();
+        let Cli { command: Command::Train(args), .. } = Cli::try_parse_from(&argv)? else { unreachable!("train flags parse to Train") };
+        let config = args.config()?;
+        if data.is_none() {
+            data = Some(TaskData::load(&config, imm)?);
+        }
+        let dir = runs_root.join(task.name()).join(name);
+        let resume = RunDir::new(&dir).exists();
+        let summary = train_run(&config, data.as_ref().expect("loaded"), &dir, resume, false)?;
+        let state = RunDir::new(&dir).read_state()?;
+        table.push_str(&format!(
+            "| {name} | `facemark train {} {}` | {} | {:.5} | {:.2} | {:.2} | {:.2} |\n",
+            task.name(),
+            flags.join(" "),
+            state.best_epoch.unwrap_or(0),
+            summary.mse,
+            summary.mean_px_error,
+            summary.median_px_error,
+            summary.mean_shape_px_error
+        ));
+        copy_results(&dir, &out.join(name))?;
+        run_dirs.push(dir);
+    }
+    compare(&run_dirs, &out.join("comparison.png"))?;
+    write_atomic(&out.join("summary.md"), table.as_bytes())?;
+    println!("{table}");
+    Ok(())
+}
+
+/// Copies a run's small outputs (config, metrics, evaluation, figures) into `dest`.
+fn copy_results(run: &Path, dest: &Path) -> Result<()> {
+    std::fs::create_dir_all(dest.join("figures"))?;
+    for file in ["config.json", "metrics.csv", "eval.json"] {
+        std::fs::copy(run.join(file), dest.join(file)).with_context(|| format!("copying {file}"))?;
+    }
+    for entry in std::fs::read_dir(run.join("figures"))? {
+        let path = entry?.path();
+        std::fs::copy(&path, dest.join("figures").join(path.file_name().unwrap_or_default()))?;
+    }
+    Ok(())
+}

@@ -8,7 +8,7 @@
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
-use super::{DataError, Point};
+use super::{DataError, Example, Point, load_gray};
 
 /// Number of landmarks in every IMM annotation.
 pub const IMM_POINTS: usize = 58;
@@ -190,6 +190,27 @@ pub fn load_imm(dir: &Path) -> Result<Vec<ImmFace>, DataError> {
 /// validate. Splitting by person keeps a face's other photos out of its validation score.
 pub fn split_by_person(faces: Vec<ImmFace>, train_persons: &RangeInclusive<u32>) -> (Vec<ImmFace>, Vec<ImmFace>) {
     faces.into_iter().partition(|f| train_persons.contains(&f.person))
+}
+
+/// Decodes the faces' photos in parallel and turns each into a model-ready [`Example`] of
+/// `width` x `height` holding the landmarks `point_indices`.
+pub fn examples(faces: &[ImmFace], point_indices: &[usize], width: usize, height: usize) -> Result<Vec<Example>, DataError> {
+    use rayon::prelude::*;
+    faces
+        .par_iter()
+        .map(|face| {
+            let gray = load_gray(&face.image_path)?;
+            let points: Vec<Point> = point_indices.iter().map(|&i| face.points[i]).collect();
+            Ok(Example::from_gray(&gray, &points, width, height))
+        })
+        .collect()
+}
+
+impl ImmFace {
+    /// The file stem, e.g. `12-3m`, for captions.
+    pub fn name(&self) -> String {
+        self.image_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]

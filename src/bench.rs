@@ -1,0 +1,136 @@
+//! Throughput benchmarks: training and inference images per second, on synthetic tensors and on
+//! the real data pipeline, plus augmentation speed and peak memory. Each result is one JSON line.
+
+use std::time::{Duration, Instant};
+
+use burn::module::Module;
+use burn::nn::loss::{MseLoss, Reduction};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::augment::sample_rng;
+use crate::data::imm;
+use crate::eval::{images_tensor, targets_tensor};
+use crate::model::KeypointNet;
+use crate::train::{TaskData, TrainConfig, batch_examples};
+
+/// One benchmark's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub bench: &'static str,
+    pub task: &'static str,
+    pub backend: &'static str,
+    pub batch_size: usize,
+    pub images_per_s: f64,
+    pub images: usize,
+    pub seconds: f64,
+}
+
+/// Settings of a benchmark session.
+pub struct BenchConfig {
+    pub train: TrainConfig,
+    /// How long each measurement runs (after one warm-up batch).
+    pub duration: Duration,
+}
+
+fn result(bench: &'static str, config: &BenchConfig, images: usize, elapsed: Duration) -> BenchResult {
+    BenchResult {
+        bench,
+        task: config.train.task.name(),
+        backend: crate::backend::name(),
+        batch_size: config.train.batch_size,
+        images_per_s: images as f64 / elapsed.as_secs_f64(),
+        images,
+        seconds: elapsed.as_secs_f64(),
+    }
+}
+
+/// Repeats `step` (which processes `batch` images) for about `duration`, after one warm-up call.
+fn measure(duration: Duration, batch: usize, mut step: impl FnMut(usize)) -> (usize, Duration) {
+    step(0);
+    let start = Instant::now();
+    let mut images = 0;
+    let mut i = 1;
+    while start.elapsed() < duration {
+        step(i);
+        images += batch;
+        i += 1;
+    }
+    (images, start.elapsed())
+}
+
+fn train_step(model: KeypointNet, optim: &mut burn::optim::ModuleOptimizer, lr: f64, x: Tensor<4>, y: Tensor<2>) -> KeypointNet {
+    let loss = MseLoss::new().forward(model.forward(x), y, Reduction::Mean);
+    let _: f32 = loss.clone().into_scalar(); // wait for the step, as training does
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    optim.step(lr, model, grads)
+}
+
+/// Runs every benchmark; `data` (the real IMM data) enables the real-pipeline ones.
+pub fn run(config: &BenchConfig, data: Option<&TaskData>, mut report: impl FnMut(&BenchResult)) {
+    let tc = &config.train;
+    let device = crate::backend::training_device();
+    device.seed(tc.seed);
+    let (w, h) = tc.model.input_size();
+    let b = tc.batch_size;
+    let outputs = 2 * tc.task.point_indices().len();
+    let x = Tensor::<4>::random([b, 1, h, w], Distribution::Uniform(-0.5, 0.5), &device);
+    let y = Tensor::<2>::random([b, outputs], Distribution::Uniform(0.0, 1.0), &device);
+
+    let mut model = Some(tc.model.init(&device));
+    let mut optim = burn::optim::AdamConfig::new().init();
+    let (n, t) = measure(config.duration, b, |_| {
+        let m = model.take().expect("model present");
+        model = Some(train_step(m, &mut optim, tc.learning_rate, x.clone(), y.clone()));
+    });
+    report(&result("train_synthetic", config, n, t));
+
+    let inference_device = crate::backend::device();
+    let net = model.as_ref().expect("model present").valid();
+    let xi = Tensor::<4>::random([b, 1, h, w], Distribution::Uniform(-0.5, 0.5), &inference_device);
+    let (n, t) = measure(config.duration, b, |_| {
+        let _: Vec<f32> = net.forward(xi.clone()).into_data().try_to_vec().unwrap_or_default();
+    });
+    report(&result("inference_synthetic", config, n, t));
+
+    let Some(data) = data else { return };
+    let train = &data.train;
+    let order: Vec<usize> = (0..train.len()).collect();
+    let batches: Vec<&[usize]> = order.chunks(b).filter(|c| c.len() == b).collect();
+
+    // The training loop's own data path: decoded once, augmented (if configured) per batch.
+    let (n, t) = measure(config.duration, b, |i| {
+        let examples = batch_examples(tc, train, batches[i % batches.len()], i);
+        let m = model.take().expect("model present");
+        model = Some(train_step(m, &mut optim, tc.learning_rate, images_tensor(&examples, &device), targets_tensor(&examples, &device)));
+    });
+    report(&result("train_real_pipeline", config, n, t));
+
+    // Augmentation alone (the study's affine ranges when the recipe has none).
+    let aug = tc.augment.clone().unwrap_or_default();
+    let (n, t) = measure(config.duration, b, |i| {
+        let indices = batches[i % batches.len()];
+        let _: Vec<_> = indices.par_iter().map(|&j| aug.apply(&train[j], &mut sample_rng(tc.seed, i, j))).collect();
+    });
+    report(&result("augment", config, n, t));
+
+    // Decoding the photos and preprocessing them from disk, with no cache.
+    let points = tc.task.point_indices();
+    let (n, t) = measure(config.duration, b, |i| {
+        let start = (i * b) % data.train_faces.len();
+        let faces: Vec<_> = data.train_faces.iter().cycle().skip(start).take(b).cloned().collect();
+        let _ = imm::examples(&faces, &points, w, h);
+    });
+    report(&result("decode_preprocess", config, n, t));
+}
+
+/// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.
+pub fn peak_memory_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

@@ -1,0 +1,142 @@
+//! Metrics: how far predicted landmarks are from the truth.
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Example, Point};
+use crate::model::KeypointNet;
+
+/// Runs `net` over `examples` in batches and returns each example's predicted points as fractions
+/// of width and height. `net` should be in validation mode ([`Module::valid`]).
+pub fn predict_examples(net: &KeypointNet, examples: &[Example], device: &Device, batch_size: usize) -> Vec<Vec<Point>> {
+    let mut out = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let images = images_tensor(chunk, device);
+        let coords: Vec<f32> = net
+            .forward(images)
+            .into_data()
+            .try_to_vec()
+            .expect("model outputs f32");
+        let per_example = coords.len() / chunk.len();
+        out.extend(coords.chunks(per_example).map(|c| c.chunks(2).map(|xy| [xy[0], xy[1]]).collect()));
+    }
+    out
+}
+
+/// Stacks examples' pixels into `[batch, 1, H, W]`.
+pub fn images_tensor(examples: &[Example], device: &Device) -> Tensor<4> {
+    let (w, h) = (examples[0].width, examples[0].height);
+    let mut pixels = Vec::with_capacity(examples.len() * w * h);
+    for e in examples {
+        pixels.extend_from_slice(&e.pixels);
+    }
+    Tensor::from_data(TensorData::new(pixels, [examples.len(), 1, h, w]), device)
+}
+
+/// Stacks examples' points into `[batch, 2K]` (x0, y0, x1, y1, ...).
+pub fn targets_tensor(examples: &[Example], device: &Device) -> Tensor<2> {
+    let k = examples[0].points.len();
+    let coords: Vec<f32> = examples.iter().flat_map(|e| e.points.iter().flatten().copied()).collect();
+    Tensor::from_data(TensorData::new(coords, [examples.len(), 2 * k]), device)
+}
+
+/// Landmark errors of a set of predictions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointErrors {
+    /// Mean squared error of the coordinates as fractions of width and height (the training loss).
+    pub mse: f64,
+    /// Mean Euclidean error per point, in pixels of the original image size.
+    pub mean_px_error: f64,
+    /// Median over images of each image's mean error, in pixels.
+    pub median_px_error: f64,
+    /// Mean error of each landmark over all images, in pixels.
+    pub per_point_px: Vec<f64>,
+    /// Mean error over the landmarks of each image, in pixels.
+    pub per_image_px: Vec<f64>,
+    pub count: usize,
+}
+
+/// Compares predictions with the truth, both as fractions; pixel errors are at `size` (w, h).
+pub fn point_errors(predicted: &[Vec<Point>], truth: &[Vec<Point>], size: (f32, f32)) -> PointErrors {
+    assert_eq!(predicted.len(), truth.len(), "one prediction per image");
+    let k = truth.first().map_or(0, Vec::len);
+    let (mut sq, mut n_coords) = (0.0f64, 0usize);
+    let mut per_point = vec![0.0f64; k];
+    let mut per_image = Vec::with_capacity(truth.len());
+    for (p, t) in predicted.iter().zip(truth) {
+        let mut image_sum = 0.0;
+        for (i, (a, b)) in p.iter().zip(t).enumerate() {
+            let (dx, dy) = ((a[0] - b[0]) as f64, (a[1] - b[1]) as f64);
+            sq += dx * dx + dy * dy;
+            n_coords += 2;
+            let px = (dx * size.0 as f64).hypot(dy * size.1 as f64);
+            per_point[i] += px;
+            image_sum += px;
+        }
+        per_image.push(image_sum / k.max(1) as f64);
+    }
+    let n = truth.len().max(1) as f64;
+    per_point.iter_mut().for_each(|v| *v /= n);
+    let mean = per_image.iter().sum::<f64>() / n;
+    PointErrors {
+        mse: sq / n_coords.max(1) as f64,
+        mean_px_error: mean,
+        median_px_error: median(&per_image),
+        per_point_px: per_point,
+        per_image_px: per_image,
+        count: truth.len(),
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 0 { (v[m - 1] + v[m]) / 2.0 } else { v[m] }
+}
+
+/// The mean shape: the average position of each landmark over `examples` (fractions).
+pub fn mean_shape(examples: &[Example]) -> Vec<Point> {
+    let k = examples.first().map_or(0, |e| e.points.len());
+    let mut mean = vec![[0.0f32; 2]; k];
+    for e in examples {
+        for (m, p) in mean.iter_mut().zip(&e.points) {
+            m[0] += p[0];
+            m[1] += p[1];
+        }
+    }
+    let n = examples.len().max(1) as f32;
+    mean.iter().map(|m| [m[0] / n, m[1] / n]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_on_a_hand_computed_case() {
+        // One image, two points; the first is off by 3 px right and 4 px down at 640x480.
+        let truth = vec![vec![[0.5, 0.5], [0.25, 0.25]]];
+        let predicted = vec![vec![[0.5 + 3.0 / 640.0, 0.5 + 4.0 / 480.0], [0.25, 0.25]]];
+        let e = point_errors(&predicted, &truth, (640.0, 480.0));
+        assert!((e.per_point_px[0] - 5.0).abs() < 1e-4);
+        assert_eq!(e.per_point_px[1], 0.0);
+        assert!((e.mean_px_error - 2.5).abs() < 1e-4);
+        let expected_mse = ((3.0f64 / 640.0).powi(2) + (4.0f64 / 480.0).powi(2)) / 4.0;
+        assert!((e.mse - expected_mse).abs() < 1e-9);
+    }
+
+    #[test]
+    fn mean_shape_averages_points() {
+        let ex = |x: f32| Example {
+            width: 1,
+            height: 1,
+            pixels: vec![0.0],
+            points: vec![[x, 1.0 - x]],
+        };
+        assert_eq!(mean_shape(&[ex(0.2), ex(0.4)]), vec![[0.3, 0.7]]);
+    }
+}

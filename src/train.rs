@@ -1,0 +1,343 @@
+//! Training: the recipe ([`TrainConfig`]), the IMM data it trains on, and the loop that fits a
+//! network into a [`RunDir`], resumably.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::nn::loss::{MseLoss, Reduction};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::augment::{AugmentConfig, sample_rng};
+use crate::data::imm::{self, ImmFace};
+use crate::data::{DataError, Example};
+use crate::eval::{images_tensor, predict_examples, targets_tensor};
+use crate::model::{ImmNetConfig, KeypointNet, ModelConfig, NoseNetConfig, Pooling};
+use crate::run::{EpochRecord, RunDir, RunError, RunState, save_model, write_json};
+
+/// What a model learns to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// The nose tip (IMM point 52) at 80x60: Part 1.
+    Nose,
+    /// All 58 IMM points at 160x120: Part 2.
+    Imm58,
+}
+
+impl Task {
+    /// IMM landmark indices the task predicts.
+    pub fn point_indices(self) -> Vec<usize> {
+        match self {
+            Task::Nose => vec![imm::NOSE_TIP],
+            Task::Imm58 => (0..imm::IMM_POINTS).collect(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Nose => "nose",
+            Task::Imm58 => "imm58",
+        }
+    }
+}
+
+/// Learning-rate schedule over epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// The same rate every epoch (the study's).
+    Constant,
+    /// Cosine decay from the rate to 2 % of it at the last epoch.
+    Cosine,
+}
+
+/// Everything that defines a training run; written to `config.json` before training starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub task: Task,
+    pub model: ModelConfig,
+    /// Persons (inclusive range) whose photos train; the others validate.
+    pub train_persons: [u32; 2],
+    /// Augmentation of training images; `None` trains on the images as they are.
+    pub augment: Option<AugmentConfig>,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub schedule: Schedule,
+    /// L2 penalty added to the gradients by Adam; 0 for none.
+    pub weight_decay: f32,
+    /// Seeds weight initialisation, shuffling, dropout and augmentation.
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// The study's recipe for a task: MSE, Adam 1e-3, 75 epochs, no augmentation for the nose and
+    /// the study's affine augmentation for all 58 points.
+    pub fn study(task: Task) -> Self {
+        let (model, augment) = match task {
+            Task::Nose => (ModelConfig::NoseNet(NoseNetConfig::default()), None),
+            Task::Imm58 => (ModelConfig::ImmNet(ImmNetConfig::default()), Some(AugmentConfig::default())),
+        };
+        Self {
+            task,
+            model,
+            train_persons: [1, 32],
+            augment,
+            epochs: 75,
+            batch_size: 16,
+            learning_rate: 1e-3,
+            schedule: Schedule::Constant,
+            weight_decay: 0.0,
+            seed: 42,
+        }
+    }
+
+    /// facemark's best recipe for a task, chosen on the validation persons (see results/).
+    pub fn best(task: Task) -> Self {
+        let mut config = Self::study(task);
+        match task {
+            Task::Nose => {
+                config.augment = Some(AugmentConfig {
+                    rotate_degrees: 12.0,
+                    translate: 0.08,
+                    shear: 0.05,
+                    scale: Some([0.92, 1.08]),
+                    ..AugmentConfig::default()
+                });
+                config.epochs = 150;
+                config.schedule = Schedule::Cosine;
+            }
+            Task::Imm58 => {
+                if let ModelConfig::ImmNet(net) = &mut config.model {
+                    net.pooling = Pooling::Avg;
+                }
+                config.schedule = Schedule::Cosine;
+            }
+        }
+        config
+    }
+
+    /// Checks the settings once, before any work.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.epochs == 0 || self.batch_size == 0 {
+            return Err("epochs and batch size must be at least 1".into());
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return Err(format!("learning rate {} must be positive", self.learning_rate));
+        }
+        if self.train_persons[0] > self.train_persons[1] {
+            return Err(format!("train persons {:?} is an empty range", self.train_persons));
+        }
+        Ok(())
+    }
+
+    pub fn learning_rate_at(&self, epoch: usize) -> f64 {
+        match self.schedule {
+            Schedule::Constant => self.learning_rate,
+            Schedule::Cosine => {
+                let t = (epoch.saturating_sub(1)) as f64 / (self.epochs.max(2) - 1) as f64;
+                let floor = 0.02;
+                self.learning_rate * (floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
+            }
+        }
+    }
+
+    fn optimizer(&self) -> ModuleOptimizer {
+        let weight_decay = (self.weight_decay > 0.0).then(|| WeightDecayConfig::new(self.weight_decay));
+        AdamConfig::new().with_weight_decay(weight_decay).init()
+    }
+}
+
+/// Errors of a training run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("invalid training settings: {0}")]
+    Config(String),
+    #[error(
+        "the training loss became {value} at epoch {epoch}, batch {batch}: stopped; the last good \
+         checkpoint is kept (try a lower learning rate)"
+    )]
+    NonFinite { epoch: usize, batch: usize, value: f32 },
+}
+
+/// A task's data, split and ready for the network.
+pub struct TaskData {
+    pub train: Vec<Example>,
+    pub val: Vec<Example>,
+    pub train_faces: Vec<ImmFace>,
+    pub val_faces: Vec<ImmFace>,
+}
+
+impl TaskData {
+    /// Loads the IMM folder `imm_dir` for `config`: split by person, decoded and resized.
+    pub fn load(config: &TrainConfig, imm_dir: &Path) -> Result<Self, DataError> {
+        let faces = imm::load_imm(imm_dir)?;
+        let [first, last] = config.train_persons;
+        let (train_faces, val_faces) = imm::split_by_person(faces, &(first..=last));
+        let points = config.task.point_indices();
+        let (w, h) = config.model.input_size();
+        Ok(Self {
+            train: imm::examples(&train_faces, &points, w, h)?,
+            val: imm::examples(&val_faces, &points, w, h)?,
+            train_faces,
+            val_faces,
+        })
+    }
+}
+
+/// The finished run.
+pub struct TrainOutcome {
+    pub state: RunState,
+    /// The model with the lowest validation loss, in validation mode on the inference device.
+    pub best: KeypointNet,
+}
+
+/// The training examples of one batch, augmented if the recipe says so (in parallel).
+pub fn batch_examples(config: &TrainConfig, train: &[Example], indices: &[usize], epoch: usize) -> Vec<Example> {
+    match &config.augment {
+        None => indices.iter().map(|&i| train[i].clone()).collect(),
+        Some(aug) => indices
+            .par_iter()
+            .map(|&i| aug.apply(&train[i], &mut sample_rng(config.seed, epoch, i)))
+            .collect(),
+    }
+}
+
+/// Trains `config` on `data` into `run`. With `resume`, continues from the run's last checkpoint;
+/// without, the run directory must not hold a run yet.
+pub fn train(config: &TrainConfig, data: &TaskData, run: &RunDir, resume: bool, show_progress: bool) -> Result<TrainOutcome, TrainError> {
+    config.validate().map_err(TrainError::Config)?;
+    let device = crate::backend::training_device();
+    device.seed(config.seed);
+    let mut model = config.model.init(&device);
+    let mut optim = config.optimizer();
+    let mut state = RunState::default();
+
+    if resume && run.model_last().is_file() {
+        state = run.read_state()?;
+        model = crate::run::load_model(model, &run.model_last())?;
+        let path = run.optimizer_last();
+        optim = optim.load(&path).map_err(|e| RunError::Invalid {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    } else {
+        write_json(&run.config(), config)?;
+    }
+
+    let start = state.epochs_done() + 1;
+    let progress = progress_bar(config.epochs, start - 1, show_progress);
+    let mse = MseLoss::new();
+    let mut order: Vec<usize> = (0..data.train.len()).collect();
+    for epoch in start..=config.epochs {
+        let started = Instant::now();
+        let lr = config.learning_rate_at(epoch);
+        order.shuffle(&mut sample_rng(config.seed, epoch, usize::MAX));
+        let (mut loss_sum, mut batches) = (0.0f64, 0usize);
+        for (batch, indices) in order.chunks(config.batch_size).enumerate() {
+            let examples = batch_examples(config, &data.train, indices, epoch);
+            let loss = mse.forward(
+                model.forward(images_tensor(&examples, &device)),
+                targets_tensor(&examples, &device),
+                Reduction::Mean,
+            );
+            let value: f32 = loss.clone().into_scalar();
+            if !value.is_finite() {
+                return Err(TrainError::NonFinite { epoch, batch, value });
+            }
+            loss_sum += value as f64;
+            batches += 1;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+        }
+        let val_loss = validation_loss(&model.valid(), &data.val, config.batch_size);
+        let record = EpochRecord {
+            epoch,
+            train_loss: loss_sum / batches.max(1) as f64,
+            val_loss,
+            learning_rate: lr,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        if state.best_val_loss.is_none_or(|best| val_loss < best) {
+            state.best_val_loss = Some(val_loss);
+            state.best_epoch = Some(epoch);
+            save_model(&model, &run.model_best())?;
+        }
+        // Weights and optimizer first, then the state that names their epoch.
+        save_model(&model, &run.model_last())?;
+        let bytes = optim.into_bytes().map_err(|e| RunError::Invalid {
+            path: run.optimizer_last(),
+            reason: e.to_string(),
+        })?;
+        crate::run::write_atomic(&run.optimizer_last(), &bytes)?;
+        progress.set_message(format!(
+            "train {:.5}  val {:.5}  best {:.5}",
+            record.train_loss,
+            record.val_loss,
+            state.best_val_loss.unwrap_or(f64::NAN)
+        ));
+        state.history.push(record);
+        run.write_state(&state)?;
+        progress.inc(1);
+    }
+    progress.finish();
+
+    let best = crate::run::load_model(config.model.init(&crate::backend::device()), &run.model_best())?;
+    Ok(TrainOutcome { state, best })
+}
+
+/// Mean squared error of `net` (in validation mode) on `examples`.
+pub fn validation_loss(net: &KeypointNet, examples: &[Example], batch_size: usize) -> f64 {
+    let device = crate::backend::device();
+    let predicted = predict_examples(net, examples, &device, batch_size);
+    let truth: Vec<_> = examples.iter().map(|e| e.points.clone()).collect();
+    crate::eval::point_errors(&predicted, &truth, (1.0, 1.0)).mse
+}
+
+fn progress_bar(epochs: usize, done: usize, visible: bool) -> indicatif::ProgressBar {
+    let bar = if visible {
+        indicatif::ProgressBar::new(epochs as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("epoch {pos}/{len} [{bar:30}] {elapsed}<{eta}  {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(done as u64);
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_schedule_starts_at_rate_and_ends_low() {
+        let mut c = TrainConfig::study(Task::Nose);
+        c.schedule = Schedule::Cosine;
+        assert!((c.learning_rate_at(1) - 1e-3).abs() < 1e-12);
+        assert!((c.learning_rate_at(c.epochs) - 2e-5).abs() < 1e-9);
+        c.schedule = Schedule::Constant;
+        assert_eq!(c.learning_rate_at(40), 1e-3);
+    }
+
+    #[test]
+    fn config_round_trips_through_json() {
+        for task in [Task::Nose, Task::Imm58] {
+            let c = TrainConfig::best(task);
+            let text = serde_json::to_string(&c).unwrap();
+            assert_eq!(serde_json::from_str::<TrainConfig>(&text).unwrap(), c);
+        }
+    }
+}

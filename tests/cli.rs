@@ -1,0 +1,150 @@
+//! End-to-end tests on the real data in `$FACEMARK_DATA` (CI: ../shared/data). Each test that
+//! needs data says so and skips when it is absent.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use facemark::train::{TaskData, Task, TrainConfig};
+
+/// The data folder, or `None` (with a visible message) when it is not there.
+fn data_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("FACEMARK_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    if dir.join("imm_face_db").is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("SKIPPED: no IMM data in {} (set FACEMARK_DATA)", dir.display());
+        None
+    }
+}
+
+fn facemark(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_facemark"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env("CI", "1")
+        .output()
+        .expect("facemark runs")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn nose_net_learns_on_real_imm_data() {
+    let Some(data) = data_dir() else { return };
+    let mut config = TrainConfig::study(Task::Nose);
+    config.epochs = 8;
+    let task_data = TaskData::load(&config, &data.join("imm_face_db")).unwrap();
+    assert_eq!((task_data.train.len(), task_data.val.len()), (192, 48));
+
+    let untrained = config.model.init(&facemark::backend::device());
+    let untrained_error = facemark::report::evaluate(&untrained, &config, &task_data).summary.mean_px_error;
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = facemark::run::RunDir::new(dir.path());
+    let outcome = facemark::train::train(&config, &task_data, &run, false, false).unwrap();
+    let history = &outcome.state.history;
+    let (first, last) = (history[0].train_loss, history.last().unwrap().train_loss);
+    assert!(last < first / 3.0, "training loss should fall several-fold: {first} -> {last}");
+
+    let trained = facemark::report::evaluate(&outcome.best, &config, &task_data).summary;
+    assert!(
+        trained.mean_px_error < untrained_error / 3.0 && trained.mean_px_error < 80.0,
+        "validation error {:.1} px should be far below the untrained net's {:.1} px",
+        trained.mean_px_error,
+        untrained_error
+    );
+}
+
+#[test]
+fn train_eval_predict_and_resume_through_the_cli() {
+    let Some(data) = data_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_str = run.to_str().unwrap();
+
+    let out = facemark(&data, &["train", "nose", "--epochs", "2", "--out", run_str]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for file in ["config.json", "metrics.csv", "model-best.bpk", "model-last.bpk", "eval.json", "figures/loss.png", "figures/val_worst.png"] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    // A second train into the same folder is refused rather than wiping the run.
+    let again = facemark(&data, &["train", "nose", "--epochs", "2", "--out", run_str]);
+    assert!(!again.status.success() && stderr(&again).contains("--resume"), "{}", stderr(&again));
+
+    // Resume: raise the epoch budget as an interrupted longer run would have it, and continue.
+    let config_path = run.join("config.json");
+    let text = std::fs::read_to_string(&config_path).unwrap().replace("\"epochs\": 2", "\"epochs\": 3");
+    std::fs::write(&config_path, text).unwrap();
+    let before = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let out = facemark(&data, &["train", "nose", "--resume", run_str]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let after = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert!(after.starts_with(&before), "resume keeps the history");
+    assert_eq!(after.lines().count(), 4, "header + 3 epochs:\n{after}");
+
+    let out = facemark(&data, &["eval", "--model", run_str, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let eval: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(eval["mse"].as_f64().unwrap() > 0.0);
+    assert!(eval["mean_px_error"].as_f64().unwrap() > 0.0);
+
+    // A bad file among good ones: clear error, the others still processed.
+    let bogus = dir.path().join("notes.jpg");
+    std::fs::write(&bogus, "not an image").unwrap();
+    let face = data.join("imm_face_db/33-1m.jpg");
+    let draw = dir.path().join("drawn");
+    let out = facemark(&data, &["predict", "--model", run_str, face.to_str().unwrap(), bogus.to_str().unwrap(), "--draw", draw.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("notes.jpg"), "{}", stderr(&out));
+    let predictions: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(predictions.as_array().unwrap().len(), 1);
+    let point = &predictions[0]["points"][0];
+    let (x, y) = (point[0].as_f64().unwrap(), point[1].as_f64().unwrap());
+    assert!((0.0..640.0).contains(&x) && (0.0..480.0).contains(&y), "point in the image: {x}, {y}");
+    assert!(draw.join("33-1m.png").is_file());
+
+    let out = facemark(&data, &["predict", "--model", run_str, "--csv", face.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(stdout(&out).starts_with("image,point,x,y\n"));
+}
+
+#[test]
+fn missing_data_gives_one_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = facemark(dir.path(), &["train", "nose", "--epochs", "1", "--out", dir.path().join("r").to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("IMM face database not found") && err.contains("imm_face_db.zip"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn malformed_asf_names_file_and_line() {
+    let Some(data) = data_dir() else { return };
+    // A copy of a real annotation with one corrupted point line: the case real data cannot show.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(data.join("imm_face_db/01-1m.asf")).unwrap();
+    let corrupted = text.replacen("0.35763609", "zero.35", 1);
+    assert_ne!(text, corrupted, "the fixture line is in the real file");
+    std::fs::write(dir.path().join("01-1m.asf"), corrupted).unwrap();
+    std::fs::copy(data.join("imm_face_db/01-1m.jpg"), dir.path().join("01-1m.jpg")).unwrap();
+    let err = facemark::data::imm::load_imm(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("01-1m.asf:") && err.contains("not a number"), "{err}");
+}
+
+#[test]
+fn unknown_model_name_lists_the_shipped_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = facemark(dir.path(), &["eval", "--model", "no-such-model"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no-such-model"), "{}", stderr(&out));
+}
