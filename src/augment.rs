@@ -37,7 +37,6 @@ impl Affine {
         Affine([s, 0.0, 0.0, 0.0, s, 0.0])
     }
 
-
     /// Composition `self ∘ other`.
     pub fn compose(self, other: Affine) -> Affine {
         let [a, b, tx, c, d, ty] = self.0;
@@ -65,7 +64,14 @@ impl Affine {
             return None;
         }
         let (ia, ib, ic, id) = (d / det, -b / det, -c / det, a / det);
-        Some(Affine([ia, ib, -(ia * tx + ib * ty), ic, id, -(ic * tx + id * ty)]))
+        Some(Affine([
+            ia,
+            ib,
+            -(ia * tx + ib * ty),
+            ic,
+            id,
+            -(ic * tx + id * ty),
+        ]))
     }
 }
 
@@ -97,6 +103,9 @@ pub struct AugmentConfig {
     /// Largest relative contrast change (0.2 draws a factor in `[0.8, 1.2]`).
     pub contrast: f32,
     pub border: BorderFill,
+    /// Mirror half the images left-right. Holds the landmark permutation that a mirror implies
+    /// (`mirror[i]` is the index of point i's mirror partner); `None` never flips.
+    pub flip: Option<Vec<usize>>,
 }
 
 impl Default for AugmentConfig {
@@ -110,6 +119,7 @@ impl Default for AugmentConfig {
             brightness: 0.1,
             contrast: 0.2,
             border: BorderFill::Replicate,
+            flip: None,
         }
     }
 }
@@ -121,19 +131,27 @@ pub struct AugmentDraw {
     pub affine: Affine,
     pub brightness: f32,
     pub contrast: f32,
+    /// Whether the draw mirrors the image (the affine then includes the mirror).
+    pub flipped: bool,
 }
 
 /// A reproducible RNG for sample `index` of `epoch` in a run seeded with `seed`.
 pub fn sample_rng(seed: u64, epoch: usize, index: usize) -> ChaCha8Rng {
     // SplitMix-style mixing so nearby (epoch, index) pairs give unrelated streams.
-    let mut z = seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (index as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut z = seed
+        ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (index as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     ChaCha8Rng::seed_from_u64(z ^ (z >> 31))
 }
 
 fn symmetric(rng: &mut impl Rng, max: f32) -> f32 {
-    if max > 0.0 { rng.random_range(-max..=max) } else { 0.0 }
+    if max > 0.0 {
+        rng.random_range(-max..=max)
+    } else {
+        0.0
+    }
 }
 
 impl AugmentConfig {
@@ -150,23 +168,36 @@ impl AugmentConfig {
         let tx = symmetric(rng, self.translate) * w;
         let ty = symmetric(rng, self.translate) * h;
         let (cx, cy) = (w / 2.0, h / 2.0);
-        // Centre, scale, shear, rotate, move back and translate.
+        let flipped = self.flip.is_some() && rng.random_bool(0.5);
+        let mirror = if flipped {
+            Affine([-1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+        } else {
+            Affine::IDENTITY
+        };
+        // Centre, mirror, scale, shear, rotate, move back and translate.
         let affine = Affine::translation(cx + tx, cy + ty)
             .compose(Affine::rotation(angle))
             .compose(Affine::shear(shear))
             .compose(Affine::scale(scale))
+            .compose(mirror)
             .compose(Affine::translation(-cx, -cy));
         AugmentDraw {
             affine,
             brightness: symmetric(rng, self.brightness),
             contrast: 1.0 + symmetric(rng, self.contrast),
+            flipped,
         }
     }
 
     /// Augments `example` with a draw from `rng`.
     pub fn apply(&self, example: &Example, rng: &mut impl Rng) -> Example {
         let draw = self.draw(rng, example.width, example.height);
-        warp(example, &draw, self.border)
+        let mut out = warp(example, &draw, self.border);
+        if let (true, Some(mirror)) = (draw.flipped, &self.flip) {
+            // A mirrored left eye corner is now a right one: swap partners back into place.
+            out.points = mirror.iter().map(|&partner| out.points[partner]).collect();
+        }
+        out
     }
 }
 
@@ -241,7 +272,10 @@ mod tests {
             width,
             height,
             pixels,
-            points: points_px.iter().map(|p| [p[0] / width as f32, p[1] / height as f32]).collect(),
+            points: points_px
+                .iter()
+                .map(|p| [p[0] / width as f32, p[1] / height as f32])
+                .collect(),
         }
     }
 
@@ -283,7 +317,10 @@ mod tests {
                 }
                 let found = bright_centroid(&out, p, 4.0);
                 let err = (found[0] - p[0]).hypot(found[1] - p[1]);
-                assert!(err < 1.0, "draw {index}: dot at {found:?}, point at {p:?} ({err} px)");
+                assert!(
+                    err < 1.0,
+                    "draw {index}: dot at {found:?}, point at {p:?} ({err} px)"
+                );
             }
         }
     }
@@ -295,6 +332,7 @@ mod tests {
             affine: Affine::IDENTITY,
             brightness: 0.0,
             contrast: 1.0,
+            flipped: false,
         };
         let out = warp(&example, &draw, BorderFill::Replicate);
         assert_eq!(out.points, example.points);
@@ -311,6 +349,45 @@ mod tests {
         let c = config.draw(&mut sample_rng(3, 2, 6), 160, 120);
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn flip_mirrors_image_and_swaps_partner_points() {
+        // Two points mirrored about the vertical centre line, declared partners.
+        let example = dots(80, 60, &[[20.5, 30.5], [59.5, 30.5], [40.0, 10.5]]);
+        let config = AugmentConfig {
+            translate: 0.0,
+            rotate_degrees: 0.0,
+            shear: 0.0,
+            brightness: 0.0,
+            contrast: 0.0,
+            flip: Some(vec![1, 0, 2]),
+            ..AugmentConfig::default()
+        };
+        let (mut flipped_seen, mut kept_seen) = (false, false);
+        for index in 0..16 {
+            let mut rng = sample_rng(1, 0, index);
+            let draw = config.draw(&mut sample_rng(1, 0, index), 80, 60);
+            let out = config.apply(&example, &mut rng);
+            // Partners swap places, so each index keeps its position; the midline point stays.
+            for (a, b) in out.points.iter().zip(&example.points) {
+                assert!(
+                    (a[0] - b[0]).abs() < 1e-5 && (a[1] - b[1]).abs() < 1e-5,
+                    "{a:?} vs {b:?}"
+                );
+            }
+            flipped_seen |= draw.flipped;
+            kept_seen |= !draw.flipped;
+            if draw.flipped {
+                // The bright dot that was at x=20.5 is now at 80-20.5=59.5, same as before by symmetry;
+                // an asymmetric pixel shows the mirror: column 0 goes to column 79.
+                let mut marked = example.clone();
+                marked.pixels[30 * 80] = 0.5;
+                let out = config.apply(&marked, &mut sample_rng(1, 0, index));
+                assert_eq!(out.pixels[30 * 80 + 79], 0.5);
+            }
+        }
+        assert!(flipped_seen && kept_seen, "about half the draws flip");
     }
 
     #[test]

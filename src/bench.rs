@@ -36,7 +36,12 @@ pub struct BenchConfig {
     pub duration: Duration,
 }
 
-fn result(bench: &'static str, config: &BenchConfig, images: usize, elapsed: Duration) -> BenchResult {
+fn result(
+    bench: &'static str,
+    config: &BenchConfig,
+    images: usize,
+    elapsed: Duration,
+) -> BenchResult {
     BenchResult {
         bench,
         task: config.train.task.name(),
@@ -62,7 +67,13 @@ fn measure(duration: Duration, batch: usize, mut step: impl FnMut(usize)) -> (us
     (images, start.elapsed())
 }
 
-fn train_step(model: KeypointNet, optim: &mut burn::optim::ModuleOptimizer, lr: f64, x: Tensor<4>, y: Tensor<2>) -> KeypointNet {
+fn train_step(
+    model: KeypointNet,
+    optim: &mut burn::optim::ModuleOptimizer,
+    lr: f64,
+    x: Tensor<4>,
+    y: Tensor<2>,
+) -> KeypointNet {
     let loss = MseLoss::new().forward(model.forward(x), y, Reduction::Mean);
     let _: f32 = loss.clone().into_scalar(); // wait for the step, as training does
     let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -84,15 +95,29 @@ pub fn run(config: &BenchConfig, data: Option<&TaskData>, mut report: impl FnMut
     let mut optim = burn::optim::AdamConfig::new().init();
     let (n, t) = measure(config.duration, b, |_| {
         let m = model.take().expect("model present");
-        model = Some(train_step(m, &mut optim, tc.learning_rate, x.clone(), y.clone()));
+        model = Some(train_step(
+            m,
+            &mut optim,
+            tc.learning_rate,
+            x.clone(),
+            y.clone(),
+        ));
     });
     report(&result("train_synthetic", config, n, t));
 
     let inference_device = crate::backend::device();
     let net = model.as_ref().expect("model present").valid();
-    let xi = Tensor::<4>::random([b, 1, h, w], Distribution::Uniform(-0.5, 0.5), &inference_device);
+    let xi = Tensor::<4>::random(
+        [b, 1, h, w],
+        Distribution::Uniform(-0.5, 0.5),
+        &inference_device,
+    );
     let (n, t) = measure(config.duration, b, |_| {
-        let _: Vec<f32> = net.forward(xi.clone()).into_data().try_to_vec().unwrap_or_default();
+        let _: Vec<f32> = net
+            .forward(xi.clone())
+            .into_data()
+            .try_to_vec()
+            .unwrap_or_default();
     });
     report(&result("inference_synthetic", config, n, t));
 
@@ -105,7 +130,13 @@ pub fn run(config: &BenchConfig, data: Option<&TaskData>, mut report: impl FnMut
     let (n, t) = measure(config.duration, b, |i| {
         let examples = batch_examples(tc, train, batches[i % batches.len()], i);
         let m = model.take().expect("model present");
-        model = Some(train_step(m, &mut optim, tc.learning_rate, images_tensor(&examples, &device), targets_tensor(&examples, &device)));
+        model = Some(train_step(
+            m,
+            &mut optim,
+            tc.learning_rate,
+            images_tensor(&examples, &device),
+            targets_tensor(&examples, &device),
+        ));
     });
     report(&result("train_real_pipeline", config, n, t));
 
@@ -113,7 +144,10 @@ pub fn run(config: &BenchConfig, data: Option<&TaskData>, mut report: impl FnMut
     let aug = tc.augment.clone().unwrap_or_default();
     let (n, t) = measure(config.duration, b, |i| {
         let indices = batches[i % batches.len()];
-        let _: Vec<_> = indices.par_iter().map(|&j| aug.apply(&train[j], &mut sample_rng(tc.seed, i, j))).collect();
+        let _: Vec<_> = indices
+            .par_iter()
+            .map(|&j| aug.apply(&train[j], &mut sample_rng(tc.seed, i, j)))
+            .collect();
     });
     report(&result("augment", config, n, t));
 
@@ -121,7 +155,14 @@ pub fn run(config: &BenchConfig, data: Option<&TaskData>, mut report: impl FnMut
     let points = tc.task.point_indices();
     let (n, t) = measure(config.duration, b, |i| {
         let start = (i * b) % data.train_faces.len();
-        let faces: Vec<_> = data.train_faces.iter().cycle().skip(start).take(b).cloned().collect();
+        let faces: Vec<_> = data
+            .train_faces
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(b)
+            .cloned()
+            .collect();
         let _ = imm::examples(&faces, &points, w, h);
     });
     report(&result("decode_preprocess", config, n, t));

@@ -15,6 +15,7 @@ use std::sync::Once;
 use image::{GrayImage, ImageFormat, Rgb, RgbImage};
 use imageproc::drawing::{draw_filled_circle_mut, draw_line_segment_mut};
 use plotters::coord::Shift;
+use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
 use plotters::coord::types::RangedCoordf64;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
@@ -135,7 +136,6 @@ fn render<F>(path: &Path, width: u32, height: u32, draw: F) -> Result<RgbImage, 
 where
     F: FnOnce(&Area<'_>) -> DrawResult,
 {
-    ensure_font();
     let mut image = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
     draw_text_layer(path, &mut image, draw)?;
     Ok(image)
@@ -183,6 +183,16 @@ pub fn save_png(path: &Path, image: &RgbImage) -> Result<(), FigureError> {
     written
 }
 
+/// Tick label text on a linear axis spanning `span`: float noise around zero (like `-2e-16`)
+/// reads as 0.
+fn format_linear_tick(value: f64, span: f64) -> String {
+    if value.abs() < 1e-9 * span {
+        "0".to_string()
+    } else {
+        format_tick(value)
+    }
+}
+
 /// Tick label text: short decimals for ordinary magnitudes, scientific notation otherwise.
 fn format_tick(value: f64) -> String {
     let magnitude = value.abs();
@@ -198,6 +208,56 @@ fn format_tick(value: f64) -> String {
         }
     } else {
         format!("{value:.0e}")
+    }
+}
+
+/// Log-scale axis over positive values with ticks at 1-9, 1-2-5, ... x 10^k, whichever fits.
+/// Plotters' own log axis repeats the decade label and crowds the grid.
+struct LogAxis {
+    lo: f64,
+    hi: f64,
+}
+
+impl LogAxis {
+    /// Candidate ticks `m x 10^e` within the range, for decades `e` that are multiples of `step`.
+    fn ticks(&self, mantissas: &[f64], step: i32) -> Vec<f64> {
+        let first = self.lo.log10().floor() as i32;
+        let last = self.hi.log10().ceil() as i32;
+        (first..=last)
+            .filter(|e| e.rem_euclid(step) == 0)
+            .flat_map(|e| mantissas.iter().map(move |m| m * 10f64.powi(e)))
+            .filter(|v| *v >= self.lo * (1.0 - 1e-9) && *v <= self.hi * (1.0 + 1e-9))
+            .collect()
+    }
+}
+
+impl Ranged for LogAxis {
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        let (lo, hi) = (self.lo.log10(), self.hi.log10());
+        let t = (value.log10() - lo) / (hi - lo);
+        limit.0 + (t * f64::from(limit.1 - limit.0)).round() as i32
+    }
+
+    fn key_points<H: KeyPointHint>(&self, hint: H) -> Vec<f64> {
+        let max = hint.max_num_points();
+        let all: Vec<f64> = (1..=9).map(f64::from).collect();
+        for mantissas in [&all[..], &[1.0, 2.0, 5.0], &[1.0, 3.0], &[1.0]] {
+            let ticks = self.ticks(mantissas, 1);
+            if ticks.len() <= max {
+                return ticks;
+            }
+        }
+        (2..)
+            .map(|step| self.ticks(&[1.0], step))
+            .find(|ticks| ticks.len() <= max.max(1))
+            .unwrap_or_default()
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.lo..self.hi
     }
 }
 
@@ -239,9 +299,8 @@ where
     // An empty series carries the legend entry, so curves with nothing drawable still appear.
     let anno = chart.draw_series(std::iter::empty::<PathElement<(f64, f64)>>())?;
     if dashed {
-        anno.label(label).legend(move |(x, y)| {
-            DashedPathElement::new(vec![(x, y), (x + 24, y)], 5, 3, style)
-        });
+        anno.label(label)
+            .legend(move |(x, y)| DashedPathElement::new(vec![(x, y), (x + 24, y)], 5, 3, style));
     } else {
         anno.label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], style));
@@ -318,12 +377,20 @@ pub fn loss_curves(
             .margin(15)
             .x_label_area_size(50)
             .y_label_area_size(80)
-            .build_cartesian_2d(1.0..x_hi, (y_lo..y_hi).log_scale())?;
+            .build_cartesian_2d(1.0..x_hi, LogAxis { lo: y_lo, hi: y_hi })?;
         chart
             .configure_mesh()
+            .x_labels(epochs.clamp(2, 10))
             .x_desc("epoch")
             .y_desc(y_label)
-            .x_label_formatter(&|x| format_tick(*x))
+            // Epochs are whole numbers.
+            .x_label_formatter(&|x| {
+                if x.fract() == 0.0 {
+                    format!("{x:.0}")
+                } else {
+                    String::new()
+                }
+            })
             .y_label_formatter(&|y| format_tick(*y))
             .label_style(text_style(14))
             .axis_desc_style(text_style(16))
@@ -333,7 +400,14 @@ pub fn loss_curves(
         for (i, curve) in series.iter().enumerate() {
             let runs = drawable_runs(&curve.values, drawable, |i| i as f64 + 1.0);
             let colour = PALETTE[i % PALETTE.len()];
-            draw_curve(&mut chart, &runs, &curve.label, curve.dashed, colour, markers)?;
+            draw_curve(
+                &mut chart,
+                &runs,
+                &curve.label,
+                curve.dashed,
+                colour,
+                markers,
+            )?;
         }
         if !series.is_empty() {
             draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
@@ -352,8 +426,9 @@ pub fn loss_curves(
 
 /// Vertical bar chart, e.g. mean error per landmark.
 ///
-/// Every label is shown for up to 70 bars (the figure widens to keep them apart; long labels
-/// are drawn vertically), beyond that every k-th. Non-finite values draw no bar.
+/// Every label is shown for up to 70 bars (the figure widens to keep them apart, and labels too
+/// wide for their bar are drawn vertically), beyond that every k-th. Non-finite values draw
+/// no bar.
 pub fn bar_chart(
     path: &Path,
     title: &str,
@@ -386,47 +461,55 @@ pub fn bar_chart(
     );
 
     let stride = n.div_ceil(70);
-    let longest = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
-    let vertical_labels = longest > 3;
     let width = (160 + 18 * n.min(120)).clamp(900, 2400) as u32;
-    let label_area = if vertical_labels {
-        (longest as u32 * 8 + 40).min(220)
+    // Labels go under their bars, turned vertical (drawn by `vertical_label`: plotters
+    // misplaces rotated tick labels) when the widest one would overlap its neighbours.
+    let label_font = font(X_LABEL_FONT);
+    let label_width = |l: &str| label_font.box_size(l).map_or(0, |(w, _)| w);
+    let longest = labels
+        .iter()
+        .step_by(stride)
+        .map(|l| label_width(l))
+        .max()
+        .unwrap_or(0);
+    let slot = f64::from(width - BAR_Y_LABEL_AREA - 2 * BAR_MARGIN) / n as f64 * stride as f64;
+    let vertical = f64::from(longest) > 0.9 * slot;
+    let label_area = if vertical {
+        longest.min(MAX_VERTICAL_LABEL) + 45
     } else {
         55
     };
     let height = 550 + label_area;
     let x_format = |x: &f64| {
         let index = x.round();
-        if index >= 0.0 && (index as usize) < n && (x - index).abs() < 1e-3 {
+        let whole = index >= 0.0 && (index as usize) < n && (x - index).abs() < 1e-3;
+        if whole && !vertical {
             labels[index as usize].clone()
         } else {
             String::new()
         }
     };
-    let x_label_style = if vertical_labels {
-        text_style(12).transform(FontTransform::Rotate90)
-    } else {
-        text_style(12)
-    };
+    // Where each shown label's bar meets the x axis, in figure pixels.
+    let mut anchors: Vec<(usize, (i32, i32))> = Vec::new();
 
-    let image = render(path, width, height, |root| {
+    let mut image = render(path, width, height, |root| {
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(root)
             .caption(title, text_style(22))
-            .margin(15)
+            .margin(BAR_MARGIN)
             .x_label_area_size(label_area)
-            .y_label_area_size(80)
+            .y_label_area_size(BAR_Y_LABEL_AREA)
             .build_cartesian_2d(-0.5..n as f64 - 0.5, y_lo..y_hi)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
-            // Ticks land on whole numbers, one per bar up to 70 bars.
+            // Ticks land on whole numbers: one per bar up to 70 bars.
             .x_labels(n.div_ceil(stride))
             .x_desc(x_label)
             .y_desc(y_label)
             .x_label_formatter(&x_format)
-            .y_label_formatter(&|y| format_tick(*y))
-            .x_label_style(x_label_style.clone())
+            .y_label_formatter(&|y| format_linear_tick(*y, y_hi - y_lo))
+            .x_label_style(text_style(X_LABEL_FONT))
             .y_label_style(text_style(14))
             .axis_desc_style(text_style(16))
             .light_line_style(RGBColor(238, 238, 238))
@@ -443,15 +526,43 @@ pub fn bar_chart(
                     Rectangle::new([(x - 0.4, 0.0), (x + 0.4, f64::from(v))], fill)
                 }),
         )?;
+        if vertical {
+            anchors = (0..n)
+                .step_by(stride)
+                .map(|i| (i, chart.backend_coord(&(i as f64, y_lo))))
+                .collect();
+        }
         Ok(())
     })?;
+    for (i, (x, y)) in anchors {
+        let text = fit_text(&labels[i], MAX_VERTICAL_LABEL, &label_font);
+        let label = vertical_label(path, &text)?;
+        let left = i64::from(x) - i64::from(label.width() / 2);
+        image::imageops::replace(&mut image, &label, left, i64::from(y) + 8);
+    }
     save_png(path, &image)
+}
+
+const BAR_MARGIN: u32 = 15;
+const BAR_Y_LABEL_AREA: u32 = 80;
+const X_LABEL_FONT: u32 = 12;
+const MAX_VERTICAL_LABEL: u32 = 250;
+
+/// `text` on white, turned to read bottom to top, its right end (the text's end) at the top.
+fn vertical_label(path: &Path, text: &str) -> Result<RgbImage, FigureError> {
+    let (w, h) = font(X_LABEL_FONT).box_size(text).unwrap_or((0, 0));
+    let mut strip = RgbImage::from_pixel(w + 4, h.max(X_LABEL_FONT) + 4, Rgb([255, 255, 255]));
+    draw_text_layer(path, &mut strip, |root| {
+        root.draw(&Text::new(text, (2, 2), text_style(X_LABEL_FONT)))?;
+        Ok(())
+    })?;
+    Ok(image::imageops::rotate270(&strip))
 }
 
 /// Grid of convolution kernels (row-major `kernel`x`kernel` weights), each drawn with `cell`
 /// pixels per weight and normalised on its own (min black, max white), since kernels differ
 /// in scale and only their pattern matters. Constant kernels are mid-gray, non-finite weights
-/// red.
+/// red; the background between kernels is light blue.
 pub fn filter_grid(
     path: &Path,
     filters: &[Vec<f32>],
@@ -483,7 +594,8 @@ pub fn filter_grid(
     let side = kernel as u32 * cell;
     let width = columns * side + (columns + 1) * GAP;
     let height = rows * side + (rows + 1) * GAP;
-    let mut image = RgbImage::from_pixel(width, height, Rgb([190, 190, 190]));
+    // A tinted background, so gaps never blend into gray weights.
+    let mut image = RgbImage::from_pixel(width, height, Rgb([150, 180, 215]));
     for (index, weights) in filters.iter().enumerate() {
         let (lo, hi) = weights
             .iter()
@@ -571,10 +683,7 @@ impl GridLayout {
     /// cell under the caption.
     fn image_origin(&self, index: usize, width: u32) -> (u32, u32) {
         let (x, y) = self.cell_origin(index);
-        (
-            x + (self.cell_width - width) / 2,
-            y + CAPTION_HEIGHT,
-        )
+        (x + (self.cell_width - width) / 2, y + CAPTION_HEIGHT)
     }
 }
 
@@ -674,7 +783,12 @@ pub fn landmark_grid(
     if any_prediction {
         draw_filled_circle_mut(&mut grid, (GRID_PAD as i32 + 6, legend_y), 5, TRUTH_OUTLINE);
         draw_filled_circle_mut(&mut grid, (GRID_PAD as i32 + 6, legend_y), 4, TRUTH_COLOUR);
-        draw_cross(&mut grid, (GRID_PAD as i32 + 136, legend_y), 5, PREDICTION_COLOUR);
+        draw_cross(
+            &mut grid,
+            (GRID_PAD as i32 + 136, legend_y),
+            5,
+            PREDICTION_COLOUR,
+        );
     }
     let captions: Vec<(String, (i32, i32))> = tiles
         .iter()
@@ -688,7 +802,8 @@ pub fn landmark_grid(
     draw_text_layer(path, &mut grid, |root| {
         let style = text_style(CAPTION_FONT);
         if any_prediction {
-            let y = legend_y - 8;
+            // Text is positioned by its top; this centres its x-height on the markers.
+            let y = legend_y - 4;
             let x = GRID_PAD as i32;
             root.draw(&Text::new("ground truth", (x + 16, y), style.clone()))?;
             root.draw(&Text::new("prediction", (x + 146, y), style.clone()))?;
@@ -751,13 +866,14 @@ pub fn ced_curves(
             .margin(15)
             .x_label_area_size(50)
             .y_label_area_size(70)
-            .build_cartesian_2d(0.0..max_error, 0.0..1.0)?;
+            // Headroom so a curve reaching 1 is not hidden by the frame.
+            .build_cartesian_2d(0.0..max_error, 0.0..1.02)?;
         chart
             .configure_mesh()
             .x_desc("normalised error")
             .y_desc("fraction of images")
-            .x_label_formatter(&|x| format_tick(*x))
-            .y_label_formatter(&|y| format_tick(*y))
+            .x_label_formatter(&|x| format_linear_tick(*x, max_error))
+            .y_label_formatter(&|y| format_linear_tick(*y, 1.0))
             .label_style(text_style(14))
             .axis_desc_style(text_style(16))
             .light_line_style(RGBColor(238, 238, 238))
@@ -816,12 +932,18 @@ const VIRIDIS: [[f32; 3]; 5] = [
 ];
 
 fn viridis(t: f32) -> Rgb<u8> {
-    let t = if t.is_finite() { t.clamp(0.0, 1.0) } else { 0.0 };
+    let t = if t.is_finite() {
+        t.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     let position = t * (VIRIDIS.len() - 1) as f32;
     let i = (position.floor() as usize).min(VIRIDIS.len() - 2);
     let f = position - i as f32;
     let (a, b) = (VIRIDIS[i], VIRIDIS[i + 1]);
-    Rgb(std::array::from_fn(|c| (a[c] + (b[c] - a[c]) * f).round() as u8))
+    Rgb(std::array::from_fn(|c| {
+        (a[c] + (b[c] - a[c]) * f).round() as u8
+    }))
 }
 
 /// Colours a row-major `width`x`height` grid of values with a viridis-like map after
@@ -854,7 +976,10 @@ mod tests {
 
     fn assert_not_flat(image: &RgbImage) {
         let first = image.get_pixel(0, 0);
-        assert!(image.pixels().any(|p| p != first), "image is one flat colour");
+        assert!(
+            image.pixels().any(|p| p != first),
+            "image is one flat colour"
+        );
     }
 
     fn curve(label: &str, values: Vec<f32>, dashed: bool) -> Curve {
@@ -886,7 +1011,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("empty.png");
         loss_curves(&path, "nothing", "loss", &[]).unwrap();
-        let series = [curve("nan", vec![f32::NAN], false), curve("none", vec![], true)];
+        let series = [
+            curve("nan", vec![f32::NAN], false),
+            curve("none", vec![], true),
+        ];
         loss_curves(&path, "nothing", "loss", &series).unwrap();
         assert_not_flat(&decode(&path));
     }
@@ -897,7 +1025,15 @@ mod tests {
         let path = dir.path().join("bars.png");
         let labels: Vec<String> = (0..58).map(|i| i.to_string()).collect();
         let values: Vec<f32> = (0..58).map(|i| 2.0 + (i as f32 * 0.3).sin()).collect();
-        bar_chart(&path, "per landmark", "landmark", "error (px)", &labels, &values).unwrap();
+        bar_chart(
+            &path,
+            "per landmark",
+            "landmark",
+            "error (px)",
+            &labels,
+            &values,
+        )
+        .unwrap();
         let image = decode(&path);
         assert!(image.width() >= 900);
         assert_eq!(image.height(), 605);
@@ -911,7 +1047,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("filters.png");
         let filters: Vec<Vec<f32>> = (0..10)
-            .map(|f| (0..9).map(|w| (w as f32 - 4.0) * (f as f32 + 1.0)).collect())
+            .map(|f| {
+                (0..9)
+                    .map(|w| (w as f32 - 4.0) * (f as f32 + 1.0))
+                    .collect()
+            })
             .collect();
         filter_grid(&path, &filters, 3, 4).unwrap();
         let image = decode(&path);
@@ -961,7 +1101,10 @@ mod tests {
         // The prediction on the second tile is red.
         let (x1, y1) = layout.image_origin(1, 20 * scale);
         let pixel = out.get_pixel(x1 + 7 * scale, y1 + 6 * scale);
-        assert!(pixel[0] > 200 && pixel[1] < 60, "prediction pixel is {pixel:?}");
+        assert!(
+            pixel[0] > 200 && pixel[1] < 60,
+            "prediction pixel is {pixel:?}"
+        );
     }
 
     #[test]
@@ -970,7 +1113,13 @@ mod tests {
         let path = dir.path().join("ced.png");
         let a: Vec<f32> = (0..100).map(|i| 0.01 + i as f32 * 0.0008).collect();
         let b: Vec<f32> = (0..50).map(|i| 0.02 + i as f32 * 0.0015).collect();
-        ced_curves(&path, "CED", &[curve("a", a, false), curve("b", b, true)], 0.08).unwrap();
+        ced_curves(
+            &path,
+            "CED",
+            &[curve("a", a, false), curve("b", b, true)],
+            0.08,
+        )
+        .unwrap();
         let image = decode(&path);
         assert_eq!(image.dimensions(), (900, 600));
         assert_not_flat(&image);

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::data::images::scale_points;
 use crate::data::{DataError, Example, Point, load_gray};
-use crate::eval::predict_examples;
+use crate::eval::predict_with_mirror;
 use crate::run::{LoadedModel, RunError, load_trained};
 
 /// A model loaded for inference on the inference device.
@@ -41,9 +41,15 @@ impl Predictor {
         let gray = load_gray(path)?;
         let (w, h) = self.model.config.model.input_size();
         let example = Example::from_gray(&gray, &[], w, h);
-        let fractions = predict_examples(&self.model.net, std::slice::from_ref(&example), &self.device, 1)
-            .pop()
-            .unwrap_or_default();
+        let mirror = self.model.config.test_time_mirror();
+        let fractions = predict_with_mirror(
+            &self.model.net,
+            std::slice::from_ref(&example),
+            &self.device,
+            mirror,
+        )
+        .pop()
+        .unwrap_or_default();
         Ok(Prediction {
             image: path.to_owned(),
             width: gray.width(),
@@ -62,13 +68,19 @@ pub fn draw_prediction(prediction: &Prediction, out: &Path) -> Result<(), DataEr
     let mut rgb = image.into_rgb8();
     let radius = (rgb.width().max(rgb.height()) / 160).max(2) as i32;
     for p in &prediction.points {
-        draw_filled_circle_mut(&mut rgb, (p[0] as i32, p[1] as i32), radius, Rgb([255, 40, 40]));
+        draw_filled_circle_mut(
+            &mut rgb,
+            (p[0] as i32, p[1] as i32),
+            radius,
+            Rgb([255, 40, 40]),
+        );
     }
     let mut bytes = std::io::Cursor::new(Vec::new());
-    rgb.write_to(&mut bytes, image::ImageFormat::Png).map_err(|source| DataError::Image {
-        path: out.to_owned(),
-        source,
-    })?;
+    rgb.write_to(&mut bytes, image::ImageFormat::Png)
+        .map_err(|source| DataError::Image {
+            path: out.to_owned(),
+            source,
+        })?;
     crate::run::write_atomic(out, bytes.get_ref()).map_err(|e| DataError::Io {
         path: out.to_owned(),
         source: std::io::Error::other(e.to_string()),
@@ -80,7 +92,13 @@ pub fn predictions_csv(predictions: &[Prediction]) -> String {
     let mut csv = String::from("image,point,x,y\n");
     for p in predictions {
         for (i, xy) in p.points.iter().enumerate() {
-            csv.push_str(&format!("{},{},{:.2},{:.2}\n", p.image.display(), i, xy[0], xy[1]));
+            csv.push_str(&format!(
+                "{},{},{:.2},{:.2}\n",
+                p.image.display(),
+                i,
+                xy[0],
+                xy[1]
+            ));
         }
     }
     csv

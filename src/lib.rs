@@ -8,12 +8,12 @@
 
 pub mod augment;
 pub mod backend;
+pub mod bench;
 pub mod data;
-pub mod model;
 pub mod eval;
-pub mod run;
-pub mod train;
 pub mod figures;
 pub mod inference;
+pub mod model;
 pub mod report;
-pub mod bench;
+pub mod run;
+pub mod train;

@@ -8,10 +8,14 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use facemark::model::{ModelConfig, Pooling};
 use facemark::run::{RunDir, write_atomic, write_json};
-use facemark::train::{Schedule, TaskData, Task, TrainConfig};
+use facemark::train::{Schedule, Task, TaskData, TrainConfig};
 
 #[derive(Parser)]
-#[command(name = "facemark", version, about = "Train, evaluate and run facial-keypoint networks")]
+#[command(
+    name = "facemark",
+    version,
+    about = "Train, evaluate and run facial-keypoint networks"
+)]
 struct Cli {
     /// Folder holding the data sets (imm_face_db/, ibug_300w/, ...).
     #[arg(long, global = true, env = "FACEMARK_DATA", default_value = "data")]
@@ -179,11 +183,21 @@ impl TrainArgs {
 /// The IMM folder inside the data directory (or the directory itself if it holds .asf files).
 fn imm_dir(data: &Path) -> PathBuf {
     let nested = data.join("imm_face_db");
-    if nested.is_dir() { nested } else { data.to_owned() }
+    if nested.is_dir() {
+        nested
+    } else {
+        data.to_owned()
+    }
 }
 
 /// Trains (or resumes) one run and writes its report; returns the evaluation.
-fn train_run(config: &TrainConfig, data: &TaskData, dir: &Path, resume: bool, force: bool) -> Result<facemark::report::EvalSummary> {
+fn train_run(
+    config: &TrainConfig,
+    data: &TaskData,
+    dir: &Path,
+    resume: bool,
+    force: bool,
+) -> Result<facemark::report::EvalSummary> {
     let run = RunDir::new(dir);
     if run.exists() && !resume {
         if !force {
@@ -193,7 +207,8 @@ fn train_run(config: &TrainConfig, data: &TaskData, dir: &Path, resume: bool, fo
     }
     let show_progress = std::env::var_os("CI").is_none();
     let outcome = facemark::train::train(config, data, &run, resume, show_progress)?;
-    let summary = facemark::report::write_report(&run, config, data, &outcome.state, &outcome.best)?;
+    let summary =
+        facemark::report::write_report(&run, config, data, &outcome.state, &outcome.best)?;
     eprintln!(
         "{}: validation mean error {:.1} px at 640x480 (mean shape {:.1} px), best epoch {}",
         dir.display(),
@@ -220,7 +235,10 @@ fn run(cli: Cli) -> Result<()> {
             let (config, dir, resume) = match &args.resume {
                 Some(dir) => (RunDir::new(dir).read_config()?, dir.clone(), true),
                 None => {
-                    let dir = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(args.task.name()));
+                    let dir = args
+                        .out
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from("runs").join(args.task.name()));
                     (args.config()?, dir, false)
                 }
             };
@@ -242,7 +260,12 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Predict { model, images, csv, draw } => predict(&model, &images, csv, draw.as_deref())?,
+        Command::Predict {
+            model,
+            images,
+            csv,
+            draw,
+        } => predict(&model, &images, csv, draw.as_deref())?,
         Command::Filters { model, out } => {
             let predictor = facemark::inference::Predictor::load(&model)?;
             facemark::report::write_filters(&predictor.model.net, &out)?;
@@ -250,14 +273,24 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Compare { runs, out } => compare(&runs, &out)?,
         Command::Ship { run, name } => {
-            let loaded = facemark::run::load_trained(&run.to_string_lossy(), &facemark::backend::device())?;
+            let loaded =
+                facemark::run::load_trained(&run.to_string_lossy(), &facemark::backend::device())?;
             let dir = facemark::run::models_dir().join(&name);
             facemark::run::save_model_half(&loaded.net, &dir.join("model.bpk"))?;
             write_json(&dir.join("config.json"), &loaded.config)?;
             eprintln!("shipped {} as {}", loaded.source.display(), dir.display());
         }
-        Command::Bench { model, batch_size, seconds, augment } => {
-            let mut train = if augment { TrainConfig::best(model) } else { TrainConfig::study(model) };
+        Command::Bench {
+            model,
+            batch_size,
+            seconds,
+            augment,
+        } => {
+            let mut train = if augment {
+                TrainConfig::best(model)
+            } else {
+                TrainConfig::study(model)
+            };
             train.batch_size = batch_size;
             if !augment {
                 train.augment = None;
@@ -274,7 +307,10 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(r).expect("serializable"));
             });
             if let Some(mib) = facemark::bench::peak_memory_mib() {
-                println!("{}", serde_json::json!({"bench": "peak_memory", "task": model.name(), "peak_rss_mib": mib}));
+                println!(
+                    "{}",
+                    serde_json::json!({"bench": "peak_memory", "task": model.name(), "peak_rss_mib": mib})
+                );
             }
         }
     }
@@ -316,7 +352,11 @@ fn compare(runs: &[PathBuf], out: &Path) -> Result<()> {
     let mut curves = Vec::new();
     for dir in runs {
         let state = RunDir::new(dir).read_state()?;
-        let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         curves.push(facemark::figures::Curve {
             label: format!("{name} (validation)"),
             values: state.history.iter().map(|r| r.val_loss as f32).collect(),
@@ -353,12 +393,24 @@ fn study_runs(task: Task) -> Vec<(&'static str, Vec<&'static str>)> {
 
 /// Runs every experiment of a part and gathers their metrics and figures into `out`.
 fn study(task: Task, imm: &Path, out: &Path, runs_root: &Path) -> Result<()> {
-    let mut table = String::from("| run | command | best epoch | val MSE | mean error (px, 640x480) | median (px) | mean shape (px) |\n|---|---|---|---|---|---|---|\n");
+    let mut table = String::from(
+        "| run | command | best epoch | val MSE | mean error (px, 640x480) | median (px) | mean shape (px) |\n|---|---|---|---|---|---|---|\n",
+    );
     let mut run_dirs = Vec::new();
     let mut data: Option<TaskData> = None;
     for (name, flags) in study_runs(task) {
-        let argv: Vec<String> = ["facemark", "train", task.name()].iter().map(|s| s.to_string()).chain(flags.iter().map(|s| s.to_string())).collect();
-        let Cli { command: Command::Train(args), .. } = Cli::try_parse_from(&argv)? else { unreachable!("train flags parse to Train") };
+        let argv: Vec<String> = ["facemark", "train", task.name()]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(flags.iter().map(|s| s.to_string()))
+            .collect();
+        let Cli {
+            command: Command::Train(args),
+            ..
+        } = Cli::try_parse_from(&argv)?
+        else {
+            unreachable!("train flags parse to Train")
+        };
         let config = args.config()?;
         if data.is_none() {
             data = Some(TaskData::load(&config, imm)?);
@@ -390,11 +442,16 @@ fn study(task: Task, imm: &Path, out: &Path, runs_root: &Path) -> Result<()> {
 fn copy_results(run: &Path, dest: &Path) -> Result<()> {
     std::fs::create_dir_all(dest.join("figures"))?;
     for file in ["config.json", "metrics.csv", "eval.json"] {
-        std::fs::copy(run.join(file), dest.join(file)).with_context(|| format!("copying {file}"))?;
+        std::fs::copy(run.join(file), dest.join(file))
+            .with_context(|| format!("copying {file}"))?;
     }
     for entry in std::fs::read_dir(run.join("figures"))? {
         let path = entry?.path();
-        std::fs::copy(&path, dest.join("figures").join(path.file_name().unwrap_or_default()))?;
+        std::fs::copy(
+            &path,
+            dest.join("figures")
+                .join(path.file_name().unwrap_or_default()),
+        )?;
     }
     Ok(())
 }

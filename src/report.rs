@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Example;
 use crate::data::imm::IMM_IMAGE_SIZE;
-use crate::eval::{PointErrors, mean_shape, point_errors, predict_examples};
+use crate::eval::{PointErrors, mean_shape, point_errors, predict_with_mirror};
 use crate::figures::{self, Curve, FigureError, Tile};
 use crate::model::KeypointNet;
 use crate::run::{RunDir, RunError, RunState, write_json};
@@ -36,7 +36,7 @@ pub struct Evaluation {
 /// Evaluates `net` (validation mode) on the validation split of `data`.
 pub fn evaluate(net: &KeypointNet, config: &TrainConfig, data: &TaskData) -> Evaluation {
     let device = crate::backend::device();
-    let predicted = predict_examples(net, &data.val, &device, 32);
+    let predicted = predict_with_mirror(net, &data.val, &device, config.test_time_mirror());
     let size = (IMM_IMAGE_SIZE.0 as f32, IMM_IMAGE_SIZE.1 as f32);
     let truth: Vec<_> = data.val.iter().map(|e| e.points.clone()).collect();
     let errors = point_errors(&predicted, &truth, size);
@@ -68,7 +68,13 @@ pub enum ReportError {
 }
 
 /// Writes `eval.json` and every figure of a finished run.
-pub fn write_report(run: &RunDir, config: &TrainConfig, data: &TaskData, state: &RunState, net: &KeypointNet) -> Result<EvalSummary, ReportError> {
+pub fn write_report(
+    run: &RunDir,
+    config: &TrainConfig,
+    data: &TaskData,
+    state: &RunState,
+    net: &KeypointNet,
+) -> Result<EvalSummary, ReportError> {
     let evaluation = evaluate(net, config, data);
     write_json(&run.eval(), &evaluation.summary)?;
 
@@ -89,7 +95,10 @@ pub fn write_report(run: &RunDir, config: &TrainConfig, data: &TaskData, state: 
 
     let scale = (320 / data.train[0].width).max(1) as u32;
     // Training images as the network sees them (augmented when the recipe augments).
-    let indices: Vec<usize> = (0..data.train.len()).step_by((data.train.len() / 16).max(1)).take(16).collect();
+    let indices: Vec<usize> = (0..data.train.len())
+        .step_by((data.train.len() / 16).max(1))
+        .take(16)
+        .collect();
     let shown = batch_examples(config, &data.train, &indices, 1);
     let tiles = shown
         .iter()
@@ -99,13 +108,19 @@ pub fn write_report(run: &RunDir, config: &TrainConfig, data: &TaskData, state: 
     figures::landmark_grid(&run.figure("train_samples.png"), &tiles, 4, scale)?;
 
     let mut ranked: Vec<usize> = (0..data.val.len()).collect();
-    ranked.sort_by(|&a, &b| evaluation.errors.per_image_px[a].total_cmp(&evaluation.errors.per_image_px[b]));
+    ranked.sort_by(|&a, &b| {
+        evaluation.errors.per_image_px[a].total_cmp(&evaluation.errors.per_image_px[b])
+    });
     let cases = |order: &[usize]| -> Vec<Tile> {
         order
             .iter()
             .take(6)
             .map(|&i| {
-                let caption = format!("{}  {:.1} px", data.val_faces[i].name(), evaluation.errors.per_image_px[i]);
+                let caption = format!(
+                    "{}  {:.1} px",
+                    data.val_faces[i].name(),
+                    evaluation.errors.per_image_px[i]
+                );
                 tile(&data.val[i], Some(&evaluation.predicted[i]), caption)
             })
             .collect()
@@ -115,8 +130,15 @@ pub fn write_report(run: &RunDir, config: &TrainConfig, data: &TaskData, state: 
     figures::landmark_grid(&run.figure("val_worst.png"), &cases(&ranked), 3, scale)?;
 
     if evaluation.errors.per_point_px.len() > 1 {
-        let labels: Vec<String> = (0..evaluation.errors.per_point_px.len()).map(|i| i.to_string()).collect();
-        let values: Vec<f32> = evaluation.errors.per_point_px.iter().map(|&v| v as f32).collect();
+        let labels: Vec<String> = (0..evaluation.errors.per_point_px.len())
+            .map(|i| i.to_string())
+            .collect();
+        let values: Vec<f32> = evaluation
+            .errors
+            .per_point_px
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
         figures::bar_chart(
             &run.figure("per_point_error.png"),
             "mean validation error per landmark",
@@ -135,7 +157,11 @@ pub fn write_filters(net: &KeypointNet, path: &std::path::Path) -> Result<(), Fi
     let weights = net.first_filters();
     let [out_channels, _, k, _] = weights.dims();
     let values: Vec<f32> = weights.into_data().try_to_vec().unwrap_or_default();
-    let filters: Vec<Vec<f32>> = values.chunks(k * k).take(out_channels).map(<[f32]>::to_vec).collect();
+    let filters: Vec<Vec<f32>> = values
+        .chunks(k * k)
+        .take(out_channels)
+        .map(<[f32]>::to_vec)
+        .collect();
     figures::filter_grid(path, &filters, k, (48 / k).max(4) as u32)
 }
 

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, ModuleMapper, Param};
 use burn::store::ModuleRecord;
 use burn::tensor::{DType, Device, Tensor};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::model::KeypointNet;
 use crate::train::TrainConfig;
@@ -41,11 +41,11 @@ pub enum RunError {
     },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
-    #[error(
-        "{0} already holds a run; pass --resume to continue it or --force to start over"
-    )]
+    #[error("{0} already holds a run; pass --resume to continue it or --force to start over")]
     Exists(PathBuf),
-    #[error("no model {name:?}: not a run directory, and not among the shipped models in {models} ({available})")]
+    #[error(
+        "no model {name:?}: not a run directory, and not among the shipped models in {models} ({available})"
+    )]
     UnknownModel {
         name: String,
         models: PathBuf,
@@ -59,7 +59,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
         path: path.to_owned(),
         source,
     };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(err)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
     tmp.write_all(bytes).map_err(err)?;
@@ -212,8 +215,11 @@ pub fn load_model(model: KeypointNet, path: &Path) -> Result<KeypointNet, RunErr
         path: path.to_owned(),
         reason: e.to_string(),
     };
-    let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes)).map_err(invalid)?;
-    model.try_load_record(record.cast_to_module_dtype()).map_err(invalid)
+    let record =
+        ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes)).map_err(invalid)?;
+    model
+        .try_load_record(record.cast_to_module_dtype())
+        .map_err(invalid)
 }
 
 /// Casts every float parameter to one dtype.
@@ -320,7 +326,9 @@ mod tests {
 
     #[test]
     fn unknown_model_is_a_clear_error() {
-        let err = load_trained("no-such-model", &Device::flex()).err().unwrap();
+        let err = load_trained("no-such-model", &Device::flex())
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("no-such-model"), "{err}");
     }
 }

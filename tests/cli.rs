@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use facemark::train::{TaskData, Task, TrainConfig};
+use facemark::train::{Task, TaskData, TrainConfig};
 
 /// The data folder, or `None` (with a visible message) when it is not there.
 fn data_dir() -> Option<PathBuf> {
@@ -14,7 +14,10 @@ fn data_dir() -> Option<PathBuf> {
     if dir.join("imm_face_db").is_dir() {
         Some(dir)
     } else {
-        eprintln!("SKIPPED: no IMM data in {} (set FACEMARK_DATA)", dir.display());
+        eprintln!(
+            "SKIPPED: no IMM data in {} (set FACEMARK_DATA)",
+            dir.display()
+        );
         None
     }
 }
@@ -46,14 +49,19 @@ fn nose_net_learns_on_real_imm_data() {
     assert_eq!((task_data.train.len(), task_data.val.len()), (192, 48));
 
     let untrained = config.model.init(&facemark::backend::device());
-    let untrained_error = facemark::report::evaluate(&untrained, &config, &task_data).summary.mean_px_error;
+    let untrained_error = facemark::report::evaluate(&untrained, &config, &task_data)
+        .summary
+        .mean_px_error;
 
     let dir = tempfile::tempdir().unwrap();
     let run = facemark::run::RunDir::new(dir.path());
     let outcome = facemark::train::train(&config, &task_data, &run, false, false).unwrap();
     let history = &outcome.state.history;
     let (first, last) = (history[0].train_loss, history.last().unwrap().train_loss);
-    assert!(last < first / 3.0, "training loss should fall several-fold: {first} -> {last}");
+    assert!(
+        last < first / 3.0,
+        "training loss should fall several-fold: {first} -> {last}"
+    );
 
     let trained = facemark::report::evaluate(&outcome.best, &config, &task_data).summary;
     assert!(
@@ -73,16 +81,30 @@ fn train_eval_predict_and_resume_through_the_cli() {
 
     let out = facemark(&data, &["train", "nose", "--epochs", "2", "--out", run_str]);
     assert!(out.status.success(), "{}", stderr(&out));
-    for file in ["config.json", "metrics.csv", "model-best.bpk", "model-last.bpk", "eval.json", "figures/loss.png", "figures/val_worst.png"] {
+    for file in [
+        "config.json",
+        "metrics.csv",
+        "model-best.bpk",
+        "model-last.bpk",
+        "eval.json",
+        "figures/loss.png",
+        "figures/val_worst.png",
+    ] {
         assert!(run.join(file).is_file(), "{file} missing");
     }
     // A second train into the same folder is refused rather than wiping the run.
     let again = facemark(&data, &["train", "nose", "--epochs", "2", "--out", run_str]);
-    assert!(!again.status.success() && stderr(&again).contains("--resume"), "{}", stderr(&again));
+    assert!(
+        !again.status.success() && stderr(&again).contains("--resume"),
+        "{}",
+        stderr(&again)
+    );
 
     // Resume: raise the epoch budget as an interrupted longer run would have it, and continue.
     let config_path = run.join("config.json");
-    let text = std::fs::read_to_string(&config_path).unwrap().replace("\"epochs\": 2", "\"epochs\": 3");
+    let text = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("\"epochs\": 2", "\"epochs\": 3");
     std::fs::write(&config_path, text).unwrap();
     let before = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     let out = facemark(&data, &["train", "nose", "--resume", run_str]);
@@ -102,17 +124,40 @@ fn train_eval_predict_and_resume_through_the_cli() {
     std::fs::write(&bogus, "not an image").unwrap();
     let face = data.join("imm_face_db/33-1m.jpg");
     let draw = dir.path().join("drawn");
-    let out = facemark(&data, &["predict", "--model", run_str, face.to_str().unwrap(), bogus.to_str().unwrap(), "--draw", draw.to_str().unwrap()]);
+    let out = facemark(
+        &data,
+        &[
+            "predict",
+            "--model",
+            run_str,
+            face.to_str().unwrap(),
+            bogus.to_str().unwrap(),
+            "--draw",
+            draw.to_str().unwrap(),
+        ],
+    );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("notes.jpg"), "{}", stderr(&out));
     let predictions: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(predictions.as_array().unwrap().len(), 1);
     let point = &predictions[0]["points"][0];
     let (x, y) = (point[0].as_f64().unwrap(), point[1].as_f64().unwrap());
-    assert!((0.0..640.0).contains(&x) && (0.0..480.0).contains(&y), "point in the image: {x}, {y}");
+    assert!(
+        (0.0..640.0).contains(&x) && (0.0..480.0).contains(&y),
+        "point in the image: {x}, {y}"
+    );
     assert!(draw.join("33-1m.png").is_file());
 
-    let out = facemark(&data, &["predict", "--model", run_str, "--csv", face.to_str().unwrap()]);
+    let out = facemark(
+        &data,
+        &[
+            "predict",
+            "--model",
+            run_str,
+            "--csv",
+            face.to_str().unwrap(),
+        ],
+    );
     assert!(out.status.success());
     assert!(stdout(&out).starts_with("image,point,x,y\n"));
 }
@@ -120,10 +165,23 @@ fn train_eval_predict_and_resume_through_the_cli() {
 #[test]
 fn missing_data_gives_one_clear_message() {
     let dir = tempfile::tempdir().unwrap();
-    let out = facemark(dir.path(), &["train", "nose", "--epochs", "1", "--out", dir.path().join("r").to_str().unwrap()]);
+    let out = facemark(
+        dir.path(),
+        &[
+            "train",
+            "nose",
+            "--epochs",
+            "1",
+            "--out",
+            dir.path().join("r").to_str().unwrap(),
+        ],
+    );
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("IMM face database not found") && err.contains("imm_face_db.zip"), "{err}");
+    assert!(
+        err.contains("IMM face database not found") && err.contains("imm_face_db.zip"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -136,9 +194,18 @@ fn malformed_asf_names_file_and_line() {
     let corrupted = text.replacen("0.35763609", "zero.35", 1);
     assert_ne!(text, corrupted, "the fixture line is in the real file");
     std::fs::write(dir.path().join("01-1m.asf"), corrupted).unwrap();
-    std::fs::copy(data.join("imm_face_db/01-1m.jpg"), dir.path().join("01-1m.jpg")).unwrap();
-    let err = facemark::data::imm::load_imm(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("01-1m.asf:") && err.contains("not a number"), "{err}");
+    std::fs::copy(
+        data.join("imm_face_db/01-1m.jpg"),
+        dir.path().join("01-1m.jpg"),
+    )
+    .unwrap();
+    let err = facemark::data::imm::load_imm(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("01-1m.asf:") && err.contains("not a number"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -14,10 +14,12 @@ pub fn load_gray(path: &Path) -> Result<GrayImage, DataError> {
         path: path.to_owned(),
         source,
     })?;
-    let reader = reader.with_guessed_format().map_err(|source| DataError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let reader = reader
+        .with_guessed_format()
+        .map_err(|source| DataError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
     let image = reader.decode().map_err(|source| DataError::Image {
         path: path.to_owned(),
         source,
@@ -48,7 +50,11 @@ impl Example {
         Self {
             width,
             height,
-            pixels: resized.as_raw().iter().map(|&v| normalize_pixel(v)).collect(),
+            pixels: resized
+                .as_raw()
+                .iter()
+                .map(|&v| normalize_pixel(v))
+                .collect(),
             points: points_px.iter().map(|p| [p[0] / gw, p[1] / gh]).collect(),
         }
     }
@@ -60,8 +66,13 @@ impl Example {
 
     /// The image as 8-bit grayscale, for drawing.
     pub fn to_gray(&self) -> GrayImage {
-        let raw = self.pixels.iter().map(|&v| ((v + 0.5) * 255.0).round().clamp(0.0, 255.0) as u8).collect();
-        GrayImage::from_raw(self.width as u32, self.height as u32, raw).expect("pixel count matches size")
+        let raw = self
+            .pixels
+            .iter()
+            .map(|&v| ((v + 0.5) * 255.0).round().clamp(0.0, 255.0) as u8)
+            .collect();
+        GrayImage::from_raw(self.width as u32, self.height as u32, raw)
+            .expect("pixel count matches size")
     }
 }
 
@@ -72,7 +83,10 @@ pub fn normalize_pixel(v: u8) -> f32 {
 
 /// Scales fractional points to pixels of a `width` x `height` image.
 pub fn scale_points(points: &[Point], width: f32, height: f32) -> Vec<Point> {
-    points.iter().map(|p| [p[0] * width, p[1] * height]).collect()
+    points
+        .iter()
+        .map(|p| [p[0] * width, p[1] * height])
+        .collect()
 }
 
 #[cfg(test)]

@@ -76,34 +76,49 @@ pub fn parse_asf(text: &str, path: &Path) -> Result<AsfShape, DataError> {
         path: path.to_owned(),
         reason: "no point count (the file has only comments or is empty)".into(),
     })?;
-    let count: usize = count_text
-        .parse()
-        .map_err(|_| malformed(count_line, format!("expected the point count, found {count_text:?}")))?;
+    let count: usize = count_text.parse().map_err(|_| {
+        malformed(
+            count_line,
+            format!("expected the point count, found {count_text:?}"),
+        )
+    })?;
 
     let mut points = Vec::with_capacity(count);
     let mut last_line = count_line;
     for _ in 0..count {
         let (line, text) = lines.next().ok_or_else(|| DataError::Malformed {
             path: path.to_owned(),
-            reason: format!("expected {count} points, found {} (file ends at line {last_line})", points.len()),
+            reason: format!(
+                "expected {count} points, found {} (file ends at line {last_line})",
+                points.len()
+            ),
         })?;
         last_line = line;
         let fields: Vec<&str> = text.split_whitespace().collect();
         if fields.len() < 7 {
             return Err(malformed(
                 line,
-                format!("a point line needs at least 7 fields, found {}", fields.len()),
+                format!(
+                    "a point line needs at least 7 fields, found {}",
+                    fields.len()
+                ),
             ));
         }
-        let path_id: u32 = fields[0]
-            .parse()
-            .map_err(|_| malformed(line, format!("path number {:?} is not an integer", fields[0])))?;
+        let path_id: u32 = fields[0].parse().map_err(|_| {
+            malformed(
+                line,
+                format!("path number {:?} is not an integer", fields[0]),
+            )
+        })?;
         let coord = |i: usize, name: &str| -> Result<f32, DataError> {
             let v: f32 = fields[i]
                 .parse()
                 .map_err(|_| malformed(line, format!("{name} {:?} is not a number", fields[i])))?;
             if !v.is_finite() || !(-0.5..=1.5).contains(&v) {
-                return Err(malformed(line, format!("{name} {v} is not a relative coordinate")));
+                return Err(malformed(
+                    line,
+                    format!("{name} {v} is not a relative coordinate"),
+                ));
             }
             Ok(v)
         };
@@ -139,7 +154,8 @@ pub fn load_imm(dir: &Path) -> Result<Vec<ImmFace>, DataError> {
             dir = dir.display()
         ))
     };
-    let entries = std::fs::read_dir(dir).map_err(|e| missing(format!("cannot read {}: {e}", dir.display())))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| missing(format!("cannot read {}: {e}", dir.display())))?;
     let mut faces = Vec::new();
     for entry in entries {
         let path = entry
@@ -151,7 +167,10 @@ pub fn load_imm(dir: &Path) -> Result<Vec<ImmFace>, DataError> {
         if path.extension().and_then(|e| e.to_str()) != Some("asf") {
             continue;
         }
-        let Some((person, image_type)) = path.file_stem().and_then(|s| s.to_str()).and_then(parse_stem)
+        let Some((person, image_type)) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(parse_stem)
         else {
             continue;
         };
@@ -164,7 +183,11 @@ pub fn load_imm(dir: &Path) -> Result<Vec<ImmFace>, DataError> {
         }
         let image_path = path.with_extension("jpg");
         if !image_path.exists() {
-            return Err(missing(format!("{} has no image {}", path.display(), image_path.display())));
+            return Err(missing(format!(
+                "{} has no image {}",
+                path.display(),
+                image_path.display()
+            )));
         }
         let (w, h) = IMM_IMAGE_SIZE;
         let points = shape
@@ -180,7 +203,10 @@ pub fn load_imm(dir: &Path) -> Result<Vec<ImmFace>, DataError> {
         });
     }
     if faces.is_empty() {
-        return Err(missing(format!("no PP-Vg.asf annotations in {}", dir.display())));
+        return Err(missing(format!(
+            "no PP-Vg.asf annotations in {}",
+            dir.display()
+        )));
     }
     faces.sort_by_key(|f| (f.person, f.image_type));
     Ok(faces)
@@ -188,13 +214,23 @@ pub fn load_imm(dir: &Path) -> Result<Vec<ImmFace>, DataError> {
 
 /// Splits faces by person: those whose person number lies in `train_persons` train, the rest
 /// validate. Splitting by person keeps a face's other photos out of its validation score.
-pub fn split_by_person(faces: Vec<ImmFace>, train_persons: &RangeInclusive<u32>) -> (Vec<ImmFace>, Vec<ImmFace>) {
-    faces.into_iter().partition(|f| train_persons.contains(&f.person))
+pub fn split_by_person(
+    faces: Vec<ImmFace>,
+    train_persons: &RangeInclusive<u32>,
+) -> (Vec<ImmFace>, Vec<ImmFace>) {
+    faces
+        .into_iter()
+        .partition(|f| train_persons.contains(&f.person))
 }
 
 /// Decodes the faces' photos in parallel and turns each into a model-ready [`Example`] of
 /// `width` x `height` holding the landmarks `point_indices`.
-pub fn examples(faces: &[ImmFace], point_indices: &[usize], width: usize, height: usize) -> Result<Vec<Example>, DataError> {
+pub fn examples(
+    faces: &[ImmFace],
+    point_indices: &[usize],
+    width: usize,
+    height: usize,
+) -> Result<Vec<Example>, DataError> {
     use rayon::prelude::*;
     faces
         .par_iter()
@@ -209,7 +245,10 @@ pub fn examples(faces: &[ImmFace], point_indices: &[usize], width: usize, height
 impl ImmFace {
     /// The file stem, e.g. `12-3m`, for captions.
     pub fn name(&self) -> String {
-        self.image_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+        self.image_path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -231,7 +270,7 @@ mod tests {
     fn parses_points_ignoring_comments_and_extra_fields() {
         let shape = parse(GOOD).unwrap();
         assert_eq!(shape.points.len(), 3);
-        assert_eq!(shape.points[0].relative, [0.35763609, 0.64077979]);
+        assert_eq!(shape.points[0].relative, [0.357_636_1, 0.640_779_8]);
         assert_eq!(shape.points[1].relative, [0.25, 0.5]);
         assert_eq!(shape.points[2].path, 6);
         assert_eq!(shape.host_image.as_deref(), Some("01-1m.jpg"));
@@ -274,7 +313,10 @@ mod tests {
     #[test]
     fn truncated_file_is_an_error() {
         let err = parse("3\n0 4 0.1 0.2 0 0 1\n").unwrap_err();
-        assert!(err.to_string().contains("expected 3 points, found 1"), "{err}");
+        assert!(
+            err.to_string().contains("expected 3 points, found 1"),
+            "{err}"
+        );
         assert!(parse("# only comments\n").is_err());
     }
 

@@ -4,8 +4,8 @@
 //! every later stage (cropping, resizing, augmentation, metrics) works from one convention:
 //! continuous coordinates where pixel `i` covers `[i, i + 1)`.
 
-pub mod imm;
 pub mod images;
+pub mod imm;
 
 use std::path::PathBuf;
 

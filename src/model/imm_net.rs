@@ -89,7 +89,11 @@ impl ImmNetConfig {
     }
 
     pub fn init(&self, device: &Device) -> ImmNet {
-        assert_eq!(self.channels.len(), self.kernels.len(), "one kernel size per stage");
+        assert_eq!(
+            self.channels.len(),
+            self.kernels.len(),
+            "one kernel size per stage"
+        );
         let mut cin = 1;
         let convs = self
             .channels
@@ -132,7 +136,9 @@ impl ImmNet {
             }
         }
         let x = x.flatten::<2>(1, 3);
-        let x = self.dropout.forward(self.activation.forward(self.hidden.forward(x)));
+        let x = self
+            .dropout
+            .forward(self.activation.forward(self.hidden.forward(x)));
         self.output.forward(x)
     }
 }

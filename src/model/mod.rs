@@ -36,6 +36,8 @@ impl ModelConfig {
 }
 
 /// Any of facemark's coordinate-regression networks.
+// Moved once per optimizer step; boxing would buy nothing measurable.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum KeypointNet {
     Nose(NoseNet),
@@ -58,6 +60,21 @@ impl KeypointNet {
             KeypointNet::Imm(m) => m.convs[0].weight.val(),
         }
     }
+}
+
+/// Shifts and scales each image of `[batch, C, H, W]` to zero mean and unit variance.
+pub(crate) fn standardize(images: Tensor<4>) -> Tensor<4> {
+    let [b, c, h, w] = images.dims();
+    let flat = images.reshape([b, c * h * w]);
+    let mean = flat.clone().mean_dim(1);
+    let centred = flat - mean;
+    let std = centred
+        .clone()
+        .powi_scalar(2)
+        .mean_dim(1)
+        .sqrt()
+        .add_scalar(1e-5);
+    (centred / std).reshape([b, c, h, w])
 }
 
 /// Output length of a convolution or pooling along one axis.

@@ -26,6 +26,8 @@ pub struct NoseNetConfig {
     pub points: usize,
     pub input_width: usize,
     pub input_height: usize,
+    /// Scale each image to zero mean and unit variance first, so lighting matters less.
+    pub standardize_input: bool,
 }
 
 impl Default for NoseNetConfig {
@@ -37,6 +39,7 @@ impl Default for NoseNetConfig {
             points: 1,
             input_width: 80,
             input_height: 60,
+            standardize_input: false,
         }
     }
 }
@@ -52,6 +55,7 @@ pub struct NoseNet {
     dropout: Dropout,
     output: Linear,
     activation: Relu,
+    standardize_input: bool,
 }
 
 impl NoseNetConfig {
@@ -83,6 +87,7 @@ impl NoseNetConfig {
             dropout: DropoutConfig::new(self.dropout).init(),
             output: LinearConfig::new(self.hidden, 2 * self.points).init(device),
             activation: Relu::new(),
+            standardize_input: self.standardize_input,
         }
     }
 }
@@ -91,6 +96,11 @@ impl NoseNet {
     /// `[batch, 1, H, W] -> [batch, 2K]`, coordinates as fractions of width and height.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let act = &self.activation;
+        let images = if self.standardize_input {
+            super::standardize(images)
+        } else {
+            images
+        };
         let x = act.forward(self.conv1.forward(images));
         let x = self.pool.forward(act.forward(self.conv2.forward(x)));
         let x = act.forward(self.conv3.forward(x));
