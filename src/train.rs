@@ -132,8 +132,14 @@ impl TrainConfig {
             Task::Imm58 => {
                 if let ModelConfig::ImmNet(net) = &mut config.model {
                     net.pooling = Pooling::Avg;
+                    net.standardize_input = true;
                 }
+                if let Some(augment) = &mut config.augment {
+                    augment.flip = Some(imm::IMM_MIRROR.to_vec());
+                }
+                config.epochs = 120;
                 config.schedule = Schedule::Cosine;
+                config.test_time_flip = true;
             }
         }
         config

@@ -215,3 +215,57 @@ fn unknown_model_name_lists_the_shipped_ones() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no-such-model"), "{}", stderr(&out));
 }
+
+#[test]
+fn imm_mirror_permutation_is_derived_from_the_data() {
+    let Some(data) = data_dir() else { return };
+    let faces = facemark::data::imm::load_imm(&data.join("imm_face_db")).unwrap();
+    let mirror = facemark::data::imm::mirror_permutation(&faces).expect("a consistent pairing");
+    eprintln!("IMM mirror permutation: {mirror:?}");
+    // Flipping twice is the identity, the jaw line's ends swap, the nose tip stays.
+    assert!(mirror.iter().enumerate().all(|(i, &j)| mirror[j] == i));
+    assert_eq!(mirror[0], 12);
+    assert_eq!(mirror[facemark::data::imm::NOSE_TIP], facemark::data::imm::NOSE_TIP);
+    assert_eq!(mirror, facemark::data::imm::IMM_MIRROR, "the shipped constant matches the data");
+}
+
+#[test]
+fn shipped_nose_model_finds_noses_in_validation_photos() {
+    let Some(data) = data_dir() else { return };
+    let faces = facemark::data::imm::load_imm(&data.join("imm_face_db")).unwrap();
+    let frontal: Vec<_> = faces.iter().filter(|f| f.person >= 33 && f.image_type == 1).collect();
+    let paths: Vec<&str> = frontal.iter().map(|f| f.image_path.to_str().unwrap()).collect();
+    let mut args = vec!["predict", "--model", "nose"];
+    args.extend(&paths);
+    let out = facemark(&data, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let predictions: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let mut total = 0.0;
+    for (p, face) in predictions.as_array().unwrap().iter().zip(&frontal) {
+        let truth = face.points[facemark::data::imm::NOSE_TIP];
+        let (x, y) = (p["points"][0][0].as_f64().unwrap(), p["points"][0][1].as_f64().unwrap());
+        total += (x - truth[0] as f64).hypot(y - truth[1] as f64);
+    }
+    let mean = total / frontal.len() as f64;
+    // The mean nose position misses these frontal faces by ~20-30 px; the model does better.
+    assert!(mean < 25.0, "mean error {mean:.1} px on frontal validation faces");
+}
+
+#[test]
+fn imm58_net_beats_the_mean_shape_after_short_training() {
+    let Some(data) = data_dir() else { return };
+    let mut config = TrainConfig::best(Task::Imm58);
+    config.epochs = 10;
+    let task_data = TaskData::load(&config, &data.join("imm_face_db")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = facemark::run::RunDir::new(dir.path());
+    let outcome = facemark::train::train(&config, &task_data, &run, false, false).unwrap();
+    let summary = facemark::report::evaluate(&outcome.best, &config, &task_data).summary;
+    assert_eq!(summary.per_point_px_error.len(), 58);
+    assert!(
+        summary.mean_px_error < summary.mean_shape_px_error,
+        "{:.1} px should beat the mean shape's {:.1} px",
+        summary.mean_px_error,
+        summary.mean_shape_px_error
+    );
+}

@@ -16,6 +16,12 @@ pub const IMM_POINTS: usize = 58;
 pub const NOSE_TIP: usize = 52;
 /// Size of every IMM photo.
 pub const IMM_IMAGE_SIZE: (u32, u32) = (640, 480);
+/// Each landmark's left/right mirror partner, as [`mirror_permutation`] derives it from the data
+/// (a test checks the two agree): the jaw reverses, the eyes and brows swap, the midline keeps.
+pub const IMM_MIRROR: [usize; IMM_POINTS] = [
+    12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 21, 22, 23, 24, 25, 26, 27, 28, 13, 14, 15, 16, 17, 18, 19, 20, 34, 35, 36, 37,
+    38, 29, 30, 31, 32, 33, 43, 42, 41, 40, 39, 46, 45, 44, 57, 56, 55, 54, 53, 52, 51, 50, 49, 48, 47,
+];
 /// Where the official archive can be had.
 pub const IMM_DOWNLOAD: &str = "https://www2.imm.dtu.dk/~aam/datasets/imm_face_db.zip";
 
@@ -240,6 +246,35 @@ pub fn examples(
             Ok(Example::from_gray(&gray, &points, width, height))
         })
         .collect()
+}
+
+/// The left/right partner of each landmark, derived from the data: in the mean shape of the frontal
+/// neutral photos (type 1), mirrored about its own vertical midline, each point's partner is the
+/// nearest point. `None` unless that pairing is a consistent involution (partner of partner is self).
+pub fn mirror_permutation(faces: &[ImmFace]) -> Option<Vec<usize>> {
+    let frontal: Vec<&ImmFace> = faces.iter().filter(|f| f.image_type == 1).collect();
+    let k = frontal.first()?.points.len();
+    let mut mean = vec![[0.0f32; 2]; k];
+    for face in &frontal {
+        for (m, p) in mean.iter_mut().zip(&face.points) {
+            m[0] += p[0] / frontal.len() as f32;
+            m[1] += p[1] / frontal.len() as f32;
+        }
+    }
+    let midline = mean.iter().map(|p| p[0]).sum::<f32>() / k as f32;
+    let partner: Vec<usize> = mean
+        .iter()
+        .map(|p| {
+            let mirrored = [2.0 * midline - p[0], p[1]];
+            (0..k)
+                .min_by(|&a, &b| {
+                    let d = |i: usize| (mean[i][0] - mirrored[0]).hypot(mean[i][1] - mirrored[1]);
+                    d(a).total_cmp(&d(b))
+                })
+                .expect("at least one point")
+        })
+        .collect();
+    partner.iter().enumerate().all(|(i, &j)| partner[j] == i).then_some(partner)
 }
 
 impl ImmFace {

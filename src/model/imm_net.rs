@@ -31,6 +31,8 @@ pub struct ImmNetConfig {
     pub points: usize,
     pub input_width: usize,
     pub input_height: usize,
+    /// Scale each image to zero mean and unit variance first, so lighting matters less.
+    pub standardize_input: bool,
 }
 
 impl Default for ImmNetConfig {
@@ -44,6 +46,7 @@ impl Default for ImmNetConfig {
             points: 58,
             input_width: 160,
             input_height: 120,
+            standardize_input: false,
         }
     }
 }
@@ -74,6 +77,7 @@ pub struct ImmNet {
     dropout: Dropout,
     output: Linear,
     activation: Relu,
+    standardize_input: bool,
 }
 
 impl ImmNetConfig {
@@ -121,6 +125,7 @@ impl ImmNetConfig {
             dropout: DropoutConfig::new(self.dropout).init(),
             output: LinearConfig::new(self.hidden, 2 * self.points).init(device),
             activation: Relu::new(),
+            standardize_input: self.standardize_input,
         }
     }
 }
@@ -128,7 +133,7 @@ impl ImmNetConfig {
 impl ImmNet {
     /// `[batch, 1, H, W] -> [batch, 2K]`, coordinates as fractions of width and height.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        let mut x = images;
+        let mut x = if self.standardize_input { super::standardize(images) } else { images };
         for (i, conv) in self.convs.iter().enumerate() {
             x = self.activation.forward(conv.forward(x));
             if i < self.pooled_stages {
