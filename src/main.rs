@@ -128,6 +128,12 @@ struct TrainArgs {
     /// Pooling between ImmNet's convolutions.
     #[arg(long)]
     pooling: Option<Pooling>,
+    /// Batch normalisation after each ImmNet convolution.
+    #[arg(long)]
+    batch_norm: bool,
+    /// Dropout probability before the output layer.
+    #[arg(long)]
+    dropout: Option<f64>,
     /// Turn the recipe's augmentation off.
     #[arg(long)]
     no_augment: bool,
@@ -169,11 +175,22 @@ impl TrainArgs {
         if self.no_augment {
             c.augment = None;
         }
-        match (&mut c.model, self.width, self.pooling) {
-            (ModelConfig::NoseNet(m), Some(w), _) => m.width = w,
-            (ModelConfig::ImmNet(m), _, Some(p)) => m.pooling = p,
-            (_, None, None) => {}
-            _ => bail!("--width applies to the nose task, --pooling to imm58"),
+        match &mut c.model {
+            ModelConfig::NoseNet(m) => {
+                if self.pooling.is_some() || self.batch_norm {
+                    bail!("--pooling and --batch-norm apply to imm58");
+                }
+                m.width = self.width.unwrap_or(m.width);
+                m.dropout = self.dropout.unwrap_or(m.dropout);
+            }
+            ModelConfig::ImmNet(m) => {
+                if self.width.is_some() {
+                    bail!("--width applies to the nose task");
+                }
+                m.pooling = self.pooling.unwrap_or(m.pooling);
+                m.batch_norm |= self.batch_norm;
+                m.dropout = self.dropout.unwrap_or(m.dropout);
+            }
         }
         c.validate().map_err(anyhow::Error::msg)?;
         Ok(c)

@@ -19,8 +19,9 @@ pub const IMM_IMAGE_SIZE: (u32, u32) = (640, 480);
 /// Each landmark's left/right mirror partner, as [`mirror_permutation`] derives it from the data
 /// (a test checks the two agree): the jaw reverses, the eyes and brows swap, the midline keeps.
 pub const IMM_MIRROR: [usize; IMM_POINTS] = [
-    12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 21, 22, 23, 24, 25, 26, 27, 28, 13, 14, 15, 16, 17, 18, 19, 20, 34, 35, 36, 37,
-    38, 29, 30, 31, 32, 33, 43, 42, 41, 40, 39, 46, 45, 44, 57, 56, 55, 54, 53, 52, 51, 50, 49, 48, 47,
+    12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 21, 22, 23, 24, 25, 26, 27, 28, 13, 14, 15, 16, 17,
+    18, 19, 20, 34, 35, 36, 37, 38, 29, 30, 31, 32, 33, 43, 42, 41, 40, 39, 46, 45, 44, 57, 56, 55,
+    54, 53, 52, 51, 50, 49, 48, 47,
 ];
 /// Where the official archive can be had.
 pub const IMM_DOWNLOAD: &str = "https://www2.imm.dtu.dk/~aam/datasets/imm_face_db.zip";
@@ -274,7 +275,11 @@ pub fn mirror_permutation(faces: &[ImmFace]) -> Option<Vec<usize>> {
                 .expect("at least one point")
         })
         .collect();
-    partner.iter().enumerate().all(|(i, &j)| partner[j] == i).then_some(partner)
+    partner
+        .iter()
+        .enumerate()
+        .all(|(i, &j)| partner[j] == i)
+        .then_some(partner)
 }
 
 impl ImmFace {

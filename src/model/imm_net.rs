@@ -6,7 +6,9 @@
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AvgPool2d, AvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
-use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
+use burn::nn::{
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d, Relu,
+};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +35,8 @@ pub struct ImmNetConfig {
     pub input_height: usize,
     /// Scale each image to zero mean and unit variance first, so lighting matters less.
     pub standardize_input: bool,
+    /// Batch normalisation after each convolution.
+    pub batch_norm: bool,
 }
 
 impl Default for ImmNetConfig {
@@ -47,6 +51,7 @@ impl Default for ImmNetConfig {
             input_width: 160,
             input_height: 120,
             standardize_input: false,
+            batch_norm: false,
         }
     }
 }
@@ -70,6 +75,8 @@ impl Pool {
 #[derive(Module, Debug)]
 pub struct ImmNet {
     pub convs: Vec<Conv2d>,
+    /// One per convolution when batch normalisation is on, else empty.
+    norms: Vec<BatchNorm>,
     pool: Pool,
     /// Stages after which no pooling happens (the map is already small).
     pooled_stages: usize,
@@ -117,8 +124,17 @@ impl ImmNetConfig {
             Pooling::Avg => Pool::Avg(AvgPool2dConfig::new([2, 2]).init()),
             Pooling::Max => Pool::Max(MaxPool2dConfig::new([2, 2]).init()),
         };
+        let norms = if self.batch_norm {
+            self.channels
+                .iter()
+                .map(|&c| BatchNormConfig::new(c).init(device))
+                .collect()
+        } else {
+            Vec::new()
+        };
         ImmNet {
             convs,
+            norms,
             pool,
             pooled_stages: pooled,
             hidden: LinearConfig::new(cin * fw * fh, self.hidden).init(device),
@@ -133,9 +149,17 @@ impl ImmNetConfig {
 impl ImmNet {
     /// `[batch, 1, H, W] -> [batch, 2K]`, coordinates as fractions of width and height.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        let mut x = if self.standardize_input { super::standardize(images) } else { images };
+        let mut x = if self.standardize_input {
+            super::standardize(images)
+        } else {
+            images
+        };
         for (i, conv) in self.convs.iter().enumerate() {
-            x = self.activation.forward(conv.forward(x));
+            x = conv.forward(x);
+            if let Some(norm) = self.norms.get(i) {
+                x = norm.forward(x);
+            }
+            x = self.activation.forward(x);
             if i < self.pooled_stages {
                 x = self.pool.forward(x);
             }
@@ -155,9 +179,10 @@ mod tests {
     #[test]
     fn output_shape_with_either_pooling() {
         let device = Device::flex();
-        for pooling in [Pooling::Avg, Pooling::Max] {
+        for (pooling, batch_norm) in [(Pooling::Avg, true), (Pooling::Max, false)] {
             let config = ImmNetConfig {
                 pooling,
+                batch_norm,
                 ..Default::default()
             };
             let net = config.init(&device);
