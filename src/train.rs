@@ -133,6 +133,9 @@ impl TrainConfig {
                 if let ModelConfig::ImmNet(net) = &mut config.model {
                     net.pooling = Pooling::Avg;
                     net.standardize_input = true;
+                    // Without batch norm the net underfits (training loss above validation).
+                    net.batch_norm = true;
+                    net.dropout = 0.1;
                 }
                 if let Some(augment) = &mut config.augment {
                     augment.flip = Some(imm::IMM_MIRROR.to_vec());
