@@ -288,3 +288,31 @@ fn imm58_net_beats_the_mean_shape_after_short_training() {
         summary.mean_shape_px_error
     );
 }
+
+#[test]
+fn shipped_imm58_model_predicts_all_58_points() {
+    let Some(data) = data_dir() else { return };
+    let face = data.join("imm_face_db/36-2m.jpg");
+    let out = facemark(
+        &data,
+        &["predict", "--model", "imm58", face.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let predictions: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let points = predictions[0]["points"].as_array().unwrap();
+    assert_eq!(points.len(), 58);
+    let truth = facemark::data::imm::read_asf(&data.join("imm_face_db/36-2m.asf")).unwrap();
+    let mean: f64 = points
+        .iter()
+        .zip(&truth.points)
+        .map(|(p, t)| {
+            (p[0].as_f64().unwrap() - t.relative[0] as f64 * 640.0)
+                .hypot(p[1].as_f64().unwrap() - t.relative[1] as f64 * 480.0)
+        })
+        .sum::<f64>()
+        / 58.0;
+    assert!(
+        mean < 40.0,
+        "mean error {mean:.1} px on a validation face (mean shape: 42.8 px over all)"
+    );
+}
