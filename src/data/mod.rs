@@ -14,6 +14,35 @@ pub use images::{Example, load_gray};
 /// A 2-D point `[x, y]`.
 pub type Point = [f32; 2];
 
+/// An axis-aligned face box in continuous pixel coordinates: it covers `[left, left + width)` x
+/// `[top, top + height)`. A dlib box `top='t' left='l' width='w' height='h'` (inclusive integer
+/// pixels) is `FaceBox { left: l, top: t, width: w, height: h }`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaceBox {
+    pub left: f32,
+    pub top: f32,
+    pub width: f32,
+    pub height: f32,
+}
+
+/// One annotated face: its box and landmarks (continuous pixel coordinates of the image; may be
+/// empty when only a box is known).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnnotatedFace {
+    pub bbox: FaceBox,
+    pub points: Vec<Point>,
+}
+
+/// An image with its annotated faces, as a dlib XML `<image>` entry or an image + `.pts` pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabeledImage {
+    /// Absolute, or relative to the current folder (XML paths are resolved against the XML's folder).
+    pub image_path: PathBuf,
+    /// Image size if the label file states it.
+    pub size: Option<(u32, u32)>,
+    pub faces: Vec<AnnotatedFace>,
+}
+
 /// Errors from reading data sets and images. Each names the file (and line, for text formats).
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
