@@ -157,6 +157,66 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// The 300-W benchmark's metrics for a set of 68-point predictions (pixel coordinates).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LandmarkMetrics {
+    /// Mean over images of the mean point error divided by the outer-eye-corner distance, in percent.
+    pub nme_inter_ocular: f64,
+    /// The same, normalised by the distance between the eye centres, in percent.
+    pub nme_inter_pupil: f64,
+    /// Area under the inter-ocular CED curve up to 0.08, divided by 0.08.
+    pub auc_0_08: f64,
+    /// Fraction of images with inter-ocular NME above 0.08 and above 0.10.
+    pub failure_rate_0_08: f64,
+    pub failure_rate_0_10: f64,
+    /// Mean point error in pixels of the images the points are given in.
+    pub mean_px_error: f64,
+    pub count: usize,
+    /// Each image's inter-ocular NME as a fraction (for CED curves).
+    pub per_image_nme: Vec<f64>,
+}
+
+/// Each image's mean point error divided by `normaliser(truth)` (a fraction, not percent).
+pub fn per_image_nme(
+    predicted: &[Vec<Point>],
+    truth: &[Vec<Point>],
+    normaliser: fn(&[Point]) -> f32,
+) -> Vec<f64> {
+    predicted
+        .iter()
+        .zip(truth)
+        .map(|(p, t)| {
+            let mean = p
+                .iter()
+                .zip(t)
+                .map(|(a, b)| (a[0] - b[0]).hypot(a[1] - b[1]) as f64)
+                .sum::<f64>()
+                / t.len().max(1) as f64;
+            mean / normaliser(t) as f64
+        })
+        .collect()
+}
+
+/// Computes [`LandmarkMetrics`] for 68-point shapes given in pixels.
+pub fn landmark_metrics(predicted: &[Vec<Point>], truth: &[Vec<Point>]) -> LandmarkMetrics {
+    use crate::data::ibug::{inter_ocular, inter_pupil};
+    let ocular = per_image_nme(predicted, truth, inter_ocular);
+    let pupil = per_image_nme(predicted, truth, inter_pupil);
+    let ocular_f32: Vec<f32> = ocular.iter().map(|&e| e as f32).collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let px = point_errors(predicted, truth, (1.0, 1.0));
+    LandmarkMetrics {
+        nme_inter_ocular: 100.0 * mean(&ocular),
+        nme_inter_pupil: 100.0 * mean(&pupil),
+        auc_0_08: crate::figures::ced_auc(&ocular_f32, 0.08) as f64,
+        failure_rate_0_08: crate::figures::failure_rate(&ocular_f32, 0.08) as f64,
+        failure_rate_0_10: crate::figures::failure_rate(&ocular_f32, 0.10) as f64,
+        mean_px_error: px.mean_px_error,
+        count: truth.len(),
+        per_image_nme: ocular,
+    }
+}
+
 /// The mean shape: the average position of each landmark over `examples` (fractions).
 pub fn mean_shape(examples: &[Example]) -> Vec<Point> {
     let k = examples.first().map_or(0, |e| e.points.len());
@@ -186,6 +246,34 @@ mod tests {
         assert!((e.mean_px_error - 2.5).abs() < 1e-4);
         let expected_mse = ((3.0f64 / 640.0).powi(2) + (4.0f64 / 480.0).powi(2)) / 4.0;
         assert!((e.mse - expected_mse).abs() < 1e-9);
+    }
+
+    #[test]
+    fn nme_on_a_hand_computed_case() {
+        // Outer eye corners 100 px apart, eye centres 80 px apart; every point off by 5 px.
+        let mut truth = vec![[0.0f32, 0.0]; 68];
+        truth[36] = [0.0, 0.0];
+        truth[45] = [100.0, 0.0];
+        truth[42..45].fill([96.0, 0.0]);
+        truth[46..48].fill([96.0, 0.0]);
+        // Right eye centre: mean of 36..42 = 0; left: (3*96 + 100 + 2*96) / 6 = 96.67.
+        let predicted: Vec<Point> = truth.iter().map(|p| [p[0] + 3.0, p[1] + 4.0]).collect();
+        let m = landmark_metrics(&[predicted], &[truth]);
+        assert!(
+            (m.nme_inter_ocular - 5.0).abs() < 1e-4,
+            "{}",
+            m.nme_inter_ocular
+        );
+        let pupil = 100.0 * 5.0 / (96.0 * 5.0 + 100.0) * 6.0;
+        assert!(
+            (m.nme_inter_pupil - pupil).abs() < 1e-3,
+            "{} vs {pupil}",
+            m.nme_inter_pupil
+        );
+        assert!((m.mean_px_error - 5.0).abs() < 1e-5);
+        assert_eq!(m.failure_rate_0_08, 0.0);
+        // One image at NME 0.05: the CED is 0 below 0.05 and 1 from there to 0.08.
+        assert!((m.auc_0_08 - 0.375).abs() < 1e-4, "{}", m.auc_0_08);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod augment;
 pub mod backend;
 pub mod bench;
+pub mod crop;
 pub mod data;
 pub mod eval;
 pub mod figures;

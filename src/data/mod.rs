@@ -4,6 +4,7 @@
 //! every later stage (cropping, resizing, augmentation, metrics) works from one convention:
 //! continuous coordinates where pixel `i` covers `[i, i + 1)`.
 
+pub mod ibug;
 pub mod images;
 pub mod imm;
 
