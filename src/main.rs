@@ -191,6 +191,17 @@ impl TrainArgs {
                 m.batch_norm |= self.batch_norm;
                 m.dropout = self.dropout.unwrap_or(m.dropout);
             }
+            ModelConfig::ResNet(_) => {
+                if self.width.is_some()
+                    || self.pooling.is_some()
+                    || self.batch_norm
+                    || self.dropout.is_some()
+                {
+                    bail!(
+                        "--width, --pooling, --batch-norm and --dropout do not apply to ResNet18"
+                    );
+                }
+            }
         }
         c.validate().map_err(anyhow::Error::msg)?;
         Ok(c)

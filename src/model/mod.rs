@@ -3,12 +3,14 @@
 
 pub mod imm_net;
 pub mod nose_net;
+pub mod resnet;
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use imm_net::{ImmNet, ImmNetConfig, Pooling};
 pub use nose_net::{NoseNet, NoseNetConfig};
+pub use resnet::{ResNet, ResNetConfig};
 
 /// Which network to build, with its settings. Stored in every run's `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,6 +18,7 @@ pub use nose_net::{NoseNet, NoseNetConfig};
 pub enum ModelConfig {
     NoseNet(NoseNetConfig),
     ImmNet(ImmNetConfig),
+    ResNet(ResNetConfig),
 }
 
 impl ModelConfig {
@@ -23,6 +26,7 @@ impl ModelConfig {
         match self {
             ModelConfig::NoseNet(c) => KeypointNet::Nose(c.init(device)),
             ModelConfig::ImmNet(c) => KeypointNet::Imm(c.init(device)),
+            ModelConfig::ResNet(c) => KeypointNet::ResNet(c.init(device)),
         }
     }
 
@@ -31,6 +35,7 @@ impl ModelConfig {
         match self {
             ModelConfig::NoseNet(c) => (c.input_width, c.input_height),
             ModelConfig::ImmNet(c) => (c.input_width, c.input_height),
+            ModelConfig::ResNet(c) => (c.input_size, c.input_size),
         }
     }
 }
@@ -42,6 +47,7 @@ impl ModelConfig {
 pub enum KeypointNet {
     Nose(NoseNet),
     Imm(ImmNet),
+    ResNet(ResNet),
 }
 
 impl KeypointNet {
@@ -50,6 +56,7 @@ impl KeypointNet {
         match self {
             KeypointNet::Nose(m) => m.forward(images),
             KeypointNet::Imm(m) => m.forward(images),
+            KeypointNet::ResNet(m) => m.forward(images),
         }
     }
 
@@ -58,6 +65,7 @@ impl KeypointNet {
         match self {
             KeypointNet::Nose(m) => m.conv1.weight.val(),
             KeypointNet::Imm(m) => m.convs[0].weight.val(),
+            KeypointNet::ResNet(m) => m.stem_conv.weight.val(),
         }
     }
 }
