@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::augment::sample_rng;
-use crate::data::imm;
+use crate::data::{Example, load_gray};
 use crate::eval::{images_tensor, targets_tensor};
 use crate::model::KeypointNet;
 use crate::train::{TaskData, TrainConfig, batch_examples};
@@ -128,7 +128,7 @@ pub fn run(config: &BenchConfig, data: Option<&TaskData>, mut report: impl FnMut
 
     // The training loop's own data path: decoded once, augmented (if configured) per batch.
     let (n, t) = measure(config.duration, b, |i| {
-        let examples = batch_examples(tc, train, batches[i % batches.len()], i);
+        let examples = batch_examples(tc, data, batches[i % batches.len()], i);
         let m = model.take().expect("model present");
         model = Some(train_step(
             m,
@@ -151,19 +151,19 @@ pub fn run(config: &BenchConfig, data: Option<&TaskData>, mut report: impl FnMut
     });
     report(&result("augment", config, n, t));
 
-    // Decoding the photos and preprocessing them from disk, with no cache.
-    let points = tc.task.point_indices();
+    // Decoding the photos and preprocessing them to the model's input, with no cache.
     let (n, t) = measure(config.duration, b, |i| {
-        let start = (i * b) % data.train_faces.len();
-        let faces: Vec<_> = data
-            .train_faces
+        let start = (i * b) % data.train_photos.len();
+        let _: Vec<_> = data
+            .train_photos
             .iter()
             .cycle()
             .skip(start)
             .take(b)
-            .cloned()
+            .collect::<Vec<_>>()
+            .par_iter()
+            .map(|path| load_gray(path).map(|gray| Example::from_gray(&gray, &[], w, h)))
             .collect();
-        let _ = imm::examples(&faces, &points, w, h);
     });
     report(&result("decode_preprocess", config, n, t));
 }

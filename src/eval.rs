@@ -169,9 +169,6 @@ pub struct LandmarkMetrics {
     /// Fraction of images with inter-ocular NME above 0.08 and above 0.10.
     pub failure_rate_0_08: f64,
     pub failure_rate_0_10: f64,
-    /// Mean point error in pixels of the images the points are given in.
-    pub mean_px_error: f64,
-    pub count: usize,
     /// Each image's inter-ocular NME as a fraction (for CED curves).
     pub per_image_nme: Vec<f64>,
 }
@@ -204,15 +201,12 @@ pub fn landmark_metrics(predicted: &[Vec<Point>], truth: &[Vec<Point>]) -> Landm
     let pupil = per_image_nme(predicted, truth, inter_pupil);
     let ocular_f32: Vec<f32> = ocular.iter().map(|&e| e as f32).collect();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let px = point_errors(predicted, truth, (1.0, 1.0));
     LandmarkMetrics {
         nme_inter_ocular: 100.0 * mean(&ocular),
         nme_inter_pupil: 100.0 * mean(&pupil),
         auc_0_08: crate::figures::ced_auc(&ocular_f32, 0.08) as f64,
         failure_rate_0_08: crate::figures::failure_rate(&ocular_f32, 0.08) as f64,
         failure_rate_0_10: crate::figures::failure_rate(&ocular_f32, 0.10) as f64,
-        mean_px_error: px.mean_px_error,
-        count: truth.len(),
         per_image_nme: ocular,
     }
 }
@@ -270,7 +264,6 @@ mod tests {
             "{} vs {pupil}",
             m.nme_inter_pupil
         );
-        assert!((m.mean_px_error - 5.0).abs() < 1e-5);
         assert_eq!(m.failure_rate_0_08, 0.0);
         // One image at NME 0.05: the CED is 0 below 0.05 and 1 from there to 0.08.
         assert!((m.auc_0_08 - 0.375).abs() < 1e-4, "{}", m.auc_0_08);

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod bench;
 pub mod crop;
 pub mod data;
+pub mod dataset;
 pub mod eval;
 pub mod figures;
 pub mod inference;

@@ -38,11 +38,14 @@ enum Command {
         #[arg(long, default_value = "runs")]
         runs: PathBuf,
     },
-    /// Evaluate a model on the validation persons.
+    /// Evaluate a model on its validation split, or on any labelled face set.
     Eval {
         /// A run directory or a shipped model's name (nose, imm58).
         #[arg(long)]
         model: String,
+        /// A dlib XML file or a folder of image + .pts pairs to evaluate on (face-box models).
+        #[arg(long)]
+        labels: Option<PathBuf>,
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -208,16 +211,6 @@ impl TrainArgs {
     }
 }
 
-/// The IMM folder inside the data directory (or the directory itself if it holds .asf files).
-fn imm_dir(data: &Path) -> PathBuf {
-    let nested = data.join("imm_face_db");
-    if nested.is_dir() {
-        nested
-    } else {
-        data.to_owned()
-    }
-}
-
 /// Trains (or resumes) one run and writes its report; returns the evaluation.
 fn train_run(
     config: &TrainConfig,
@@ -270,14 +263,23 @@ fn run(cli: Cli) -> Result<()> {
                     (args.config()?, dir, false)
                 }
             };
-            let data = TaskData::load(&config, &imm_dir(&cli.data))?;
+            let data = TaskData::load(&config, &cli.data)?;
             train_run(&config, &data, &dir, resume, args.force)?;
         }
-        Command::Study { task, out, runs } => study(task, &imm_dir(&cli.data), &out, &runs)?,
-        Command::Eval { model, json } => {
+        Command::Study { task, out, runs } => study(task, &cli.data, &out, &runs)?,
+        Command::Eval {
+            model,
+            labels,
+            json,
+        } => {
             let predictor = facemark::inference::Predictor::load(&model)?;
             let config = &predictor.model.config;
-            let data = TaskData::load(config, &imm_dir(&cli.data))?;
+            let data = match &labels {
+                Some(path) => {
+                    TaskData::faces_for_validation(config, &facemark::dataset::read_labels(path)?)?
+                }
+                None => TaskData::load(config, &cli.data)?,
+            };
             let summary = facemark::report::evaluate(&predictor.model.net, config, &data).summary;
             if json {
                 println!("{}", serde_json::to_string(&summary)?);
@@ -323,7 +325,7 @@ fn run(cli: Cli) -> Result<()> {
             if !augment {
                 train.augment = None;
             }
-            let data = TaskData::load(&train, &imm_dir(&cli.data));
+            let data = TaskData::load(&train, &cli.data);
             if let Err(e) = &data {
                 eprintln!("real-data benchmarks skipped: {e}");
             }
@@ -416,11 +418,20 @@ fn study_runs(task: Task) -> Vec<(&'static str, Vec<&'static str>)> {
             ("no_augment", vec!["--no-augment"]),
             ("best", vec!["--recipe", "best"]),
         ],
+        // Part 3's runs are long (hours on 2 cores): train and evaluate them one by one.
+        Task::Ibug68 => vec![],
     }
 }
 
 /// Runs every experiment of a part and gathers their metrics and figures into `out`.
-fn study(task: Task, imm: &Path, out: &Path, runs_root: &Path) -> Result<()> {
+fn study(task: Task, data_root: &Path, out: &Path, runs_root: &Path) -> Result<()> {
+    if study_runs(task).is_empty() {
+        bail!(
+            "no study is defined for {} yet: use `facemark train {}`",
+            task.name(),
+            task.name()
+        );
+    }
     let mut table = String::from(
         "| run | command | best epoch | val MSE | mean error (px, 640x480) | median (px) | mean shape (px) |\n|---|---|---|---|---|---|---|\n",
     );
@@ -441,7 +452,7 @@ fn study(task: Task, imm: &Path, out: &Path, runs_root: &Path) -> Result<()> {
         };
         let config = args.config()?;
         if data.is_none() {
-            data = Some(TaskData::load(&config, imm)?);
+            data = Some(TaskData::load(&config, data_root)?);
         }
         let dir = runs_root.join(task.name()).join(name);
         let resume = RunDir::new(&dir).exists();

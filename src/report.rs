@@ -4,12 +4,14 @@
 use serde::{Deserialize, Serialize};
 
 use crate::data::Example;
-use crate::data::imm::IMM_IMAGE_SIZE;
-use crate::eval::{PointErrors, mean_shape, point_errors, predict_with_mirror};
+use crate::data::ibug::IBUG_POINTS;
+use crate::eval::{
+    LandmarkMetrics, PointErrors, landmark_metrics, mean_shape, point_errors, predict_with_mirror,
+};
 use crate::figures::{self, Curve, FigureError, Tile};
 use crate::model::KeypointNet;
 use crate::run::{RunDir, RunError, RunState, write_json};
-use crate::train::{TaskData, TrainConfig, batch_examples};
+use crate::train::{Task, TaskData, TrainConfig, batch_examples};
 
 /// The metrics `facemark eval` prints and `eval.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,37 +26,59 @@ pub struct EvalSummary {
     pub mean_shape_px_error: f64,
     pub count: usize,
     pub per_point_px_error: Vec<f64>,
+    /// The 300-W benchmark's metrics (68-point tasks).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub landmarks: Option<LandmarkMetrics>,
+    /// The mean shape's inter-ocular NME in percent (68-point tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_shape_nme_inter_ocular: Option<f64>,
 }
 
 /// Validation predictions and their errors.
 pub struct Evaluation {
     pub summary: EvalSummary,
+    /// Predictions as fractions of the model input.
     pub predicted: Vec<Vec<crate::data::Point>>,
+    /// Errors in photo pixels.
     pub errors: PointErrors,
+    /// The mean training shape placed in each validation crop, in photo pixels.
+    pub mean_shape_px: Vec<Vec<crate::data::Point>>,
+    pub truth_px: Vec<Vec<crate::data::Point>>,
 }
 
-/// Evaluates `net` (validation mode) on the validation split of `data`.
+/// Evaluates `net` (validation mode) on the validation split of `data`. Pixel errors are in the
+/// original photos' pixels (IMM: 640x480).
 pub fn evaluate(net: &KeypointNet, config: &TrainConfig, data: &TaskData) -> Evaluation {
     let device = crate::backend::device();
     let predicted = predict_with_mirror(net, &data.val, &device, config.test_time_mirror());
-    let size = (IMM_IMAGE_SIZE.0 as f32, IMM_IMAGE_SIZE.1 as f32);
     let truth: Vec<_> = data.val.iter().map(|e| e.points.clone()).collect();
-    let errors = point_errors(&predicted, &truth, size);
+    let mse = point_errors(&predicted, &truth, (1.0, 1.0)).mse;
+    let predicted_px = data.val_predictions_px(&predicted);
+    let truth_px = data.val_truth_px();
+    let errors = point_errors(&predicted_px, &truth_px, (1.0, 1.0));
     let mean = mean_shape(&data.train);
-    let baseline = point_errors(&vec![mean; truth.len()], &truth, size);
+    let baseline_px = data.val_predictions_px(&vec![mean; truth.len()]);
+    let baseline = point_errors(&baseline_px, &truth_px, (1.0, 1.0));
+    let is_68 =
+        truth.first().is_some_and(|t| t.len() == IBUG_POINTS) && config.task == Task::Ibug68;
     let summary = EvalSummary {
         task: config.task.name().into(),
-        mse: errors.mse,
+        mse,
         mean_px_error: errors.mean_px_error,
         median_px_error: errors.median_px_error,
         mean_shape_px_error: baseline.mean_px_error,
         count: errors.count,
         per_point_px_error: errors.per_point_px.clone(),
+        landmarks: is_68.then(|| landmark_metrics(&predicted_px, &truth_px)),
+        mean_shape_nme_inter_ocular: is_68
+            .then(|| landmark_metrics(&baseline_px, &truth_px).nme_inter_ocular),
     };
     Evaluation {
         summary,
         predicted,
         errors,
+        mean_shape_px: baseline_px,
+        truth_px,
     }
 }
 
@@ -99,11 +123,11 @@ pub fn write_report(
         .step_by((data.train.len() / 16).max(1))
         .take(16)
         .collect();
-    let shown = batch_examples(config, &data.train, &indices, 1);
+    let shown = batch_examples(config, data, &indices, 1);
     let tiles = shown
         .iter()
         .zip(&indices)
-        .map(|(e, &i)| tile(e, None, data.train_faces[i].name()))
+        .map(|(e, &i)| tile(e, None, data.train_names[i].clone()))
         .collect::<Vec<_>>();
     figures::landmark_grid(&run.figure("train_samples.png"), &tiles, 4, scale)?;
 
@@ -118,8 +142,7 @@ pub fn write_report(
             .map(|&i| {
                 let caption = format!(
                     "{}  {:.1} px",
-                    data.val_faces[i].name(),
-                    evaluation.errors.per_image_px[i]
+                    data.val_names[i], evaluation.errors.per_image_px[i]
                 );
                 tile(&data.val[i], Some(&evaluation.predicted[i]), caption)
             })
@@ -146,6 +169,24 @@ pub fn write_report(
             "error (px at 640x480)",
             &labels,
             &values,
+        )?;
+    }
+    if let Some(landmarks) = &evaluation.summary.landmarks {
+        let baseline = landmark_metrics(&evaluation.mean_shape_px, &evaluation.truth_px);
+        let as_curve = |label: &str, nme: &[f64]| Curve {
+            label: label.into(),
+            values: nme.iter().map(|&v| v as f32).collect(),
+            dashed: false,
+        };
+        let curves = [
+            as_curve(config.task.name(), &landmarks.per_image_nme),
+            as_curve("mean shape", &baseline.per_image_nme),
+        ];
+        figures::ced_curves(
+            &run.figure("ced.png"),
+            "cumulative error distribution (inter-ocular NME)",
+            &curves,
+            0.10,
         )?;
     }
     write_filters(net, &run.figure("filters.png"))?;

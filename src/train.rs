@@ -1,7 +1,6 @@
 //! Training: the recipe ([`TrainConfig`]), the IMM data it trains on, and the loop that fits a
 //! network into a [`RunDir`], resumably.
 
-use std::path::Path;
 use std::time::Instant;
 
 use burn::nn::loss::{MseLoss, Reduction};
@@ -13,10 +12,12 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::augment::{AugmentConfig, sample_rng};
-use crate::data::imm::{self, ImmFace};
+use crate::data::ibug::{IBUG_MIRROR, IBUG_POINTS};
+use crate::data::imm;
 use crate::data::{DataError, Example};
+pub use crate::dataset::{FaceDataConfig, TaskData};
 use crate::eval::{images_tensor, predict_with_mirror, targets_tensor};
-use crate::model::{ImmNetConfig, KeypointNet, ModelConfig, NoseNetConfig, Pooling};
+use crate::model::{ImmNetConfig, KeypointNet, ModelConfig, NoseNetConfig, Pooling, ResNetConfig};
 use crate::run::{EpochRecord, RunDir, RunError, RunState, save_model, write_json};
 
 /// What a model learns to find.
@@ -27,6 +28,8 @@ pub enum Task {
     Nose,
     /// All 58 IMM points at 160x120: Part 2.
     Imm58,
+    /// The 68 iBUG points on 300-W face crops: Part 3.
+    Ibug68,
 }
 
 impl Task {
@@ -35,6 +38,7 @@ impl Task {
         match self {
             Task::Nose => vec![imm::NOSE_TIP],
             Task::Imm58 => (0..imm::IMM_POINTS).collect(),
+            Task::Ibug68 => (0..IBUG_POINTS).collect(),
         }
     }
 
@@ -42,6 +46,7 @@ impl Task {
         match self {
             Task::Nose => "nose",
             Task::Imm58 => "imm58",
+            Task::Ibug68 => "ibug68",
         }
     }
 }
@@ -61,8 +66,11 @@ pub enum Schedule {
 pub struct TrainConfig {
     pub task: Task,
     pub model: ModelConfig,
-    /// Persons (inclusive range) whose photos train; the others validate.
+    /// IMM tasks: persons (inclusive range) whose photos train; the others validate.
     pub train_persons: [u32; 2],
+    /// Face-box tasks (300-W): labels, validation share, crop and box jitter.
+    #[serde(default)]
+    pub faces: FaceDataConfig,
     /// Augmentation of training images; `None` trains on the images as they are.
     pub augment: Option<AugmentConfig>,
     pub epochs: usize,
@@ -88,11 +96,19 @@ impl TrainConfig {
                 ModelConfig::ImmNet(ImmNetConfig::default()),
                 Some(AugmentConfig::default()),
             ),
+            Task::Ibug68 => (
+                ModelConfig::ResNet(ResNetConfig::default()),
+                Some(AugmentConfig {
+                    flip: Some(IBUG_MIRROR.to_vec()),
+                    ..AugmentConfig::default()
+                }),
+            ),
         };
         Self {
             task,
             model,
             train_persons: [1, 32],
+            faces: FaceDataConfig::default(),
             augment,
             epochs: 75,
             batch_size: 16,
@@ -144,6 +160,8 @@ impl TrainConfig {
                 config.schedule = Schedule::Cosine;
                 config.test_time_flip = true;
             }
+            // Provisional until Part 3's runs choose a recipe.
+            Task::Ibug68 => config.schedule = Schedule::Cosine,
         }
         config
     }
@@ -215,31 +233,6 @@ pub enum TrainError {
     },
 }
 
-/// A task's data, split and ready for the network.
-pub struct TaskData {
-    pub train: Vec<Example>,
-    pub val: Vec<Example>,
-    pub train_faces: Vec<ImmFace>,
-    pub val_faces: Vec<ImmFace>,
-}
-
-impl TaskData {
-    /// Loads the IMM folder `imm_dir` for `config`: split by person, decoded and resized.
-    pub fn load(config: &TrainConfig, imm_dir: &Path) -> Result<Self, DataError> {
-        let faces = imm::load_imm(imm_dir)?;
-        let [first, last] = config.train_persons;
-        let (train_faces, val_faces) = imm::split_by_person(faces, &(first..=last));
-        let points = config.task.point_indices();
-        let (w, h) = config.model.input_size();
-        Ok(Self {
-            train: imm::examples(&train_faces, &points, w, h)?,
-            val: imm::examples(&val_faces, &points, w, h)?,
-            train_faces,
-            val_faces,
-        })
-    }
-}
-
 /// The finished run.
 pub struct TrainOutcome {
     pub state: RunState,
@@ -247,20 +240,17 @@ pub struct TrainOutcome {
     pub best: KeypointNet,
 }
 
-/// The training examples of one batch, augmented if the recipe says so (in parallel).
+/// The training examples of one batch, re-cropped and augmented as the recipe says (in parallel).
 pub fn batch_examples(
     config: &TrainConfig,
-    train: &[Example],
+    data: &TaskData,
     indices: &[usize],
     epoch: usize,
 ) -> Vec<Example> {
-    match &config.augment {
-        None => indices.iter().map(|&i| train[i].clone()).collect(),
-        Some(aug) => indices
-            .par_iter()
-            .map(|&i| aug.apply(&train[i], &mut sample_rng(config.seed, epoch, i)))
-            .collect(),
-    }
+    indices
+        .par_iter()
+        .map(|&i| data.training_example(config, i, epoch))
+        .collect()
 }
 
 /// Trains `config` on `data` into `run`. With `resume`, continues from the run's last checkpoint;
@@ -301,7 +291,7 @@ pub fn train(
         order.shuffle(&mut sample_rng(config.seed, epoch, usize::MAX));
         let (mut loss_sum, mut batches) = (0.0f64, 0usize);
         for (batch, indices) in order.chunks(config.batch_size).enumerate() {
-            let examples = batch_examples(config, &data.train, indices, epoch);
+            let examples = batch_examples(config, data, indices, epoch);
             let loss = mse.forward(
                 model.forward(images_tensor(&examples, &device)),
                 targets_tensor(&examples, &device),
@@ -400,7 +390,7 @@ mod tests {
 
     #[test]
     fn config_round_trips_through_json() {
-        for task in [Task::Nose, Task::Imm58] {
+        for task in [Task::Nose, Task::Imm58, Task::Ibug68] {
             let c = TrainConfig::best(task);
             let text = serde_json::to_string(&c).unwrap();
             assert_eq!(serde_json::from_str::<TrainConfig>(&text).unwrap(), c);

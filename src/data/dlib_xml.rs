@@ -34,17 +34,21 @@ pub fn parse_dlib_xml(text: &str, path: &Path) -> Result<Vec<LabeledImage>, Data
         allow_dtd: true,
         ..ParsingOptions::default()
     };
-    let doc = Document::parse_with_options(text, options).map_err(|e| DataError::MalformedLine {
-        path: path.to_owned(),
-        line: e.pos().row as usize,
-        reason: format!("invalid XML: {e}"),
-    })?;
+    let doc =
+        Document::parse_with_options(text, options).map_err(|e| DataError::MalformedLine {
+            path: path.to_owned(),
+            line: e.pos().row as usize,
+            reason: format!("invalid XML: {e}"),
+        })?;
     let reader = Reader { doc: &doc, path };
     let root = doc.root_element();
     if !root.has_tag_name("dataset") {
         return Err(reader.error(
             root,
-            format!("expected a <dataset> root element, found <{}>", root.tag_name().name()),
+            format!(
+                "expected a <dataset> root element, found <{}>",
+                root.tag_name().name()
+            ),
         ));
     }
     let base = path.parent().unwrap_or(Path::new(""));
@@ -97,14 +101,18 @@ impl Reader<'_, '_> {
         let attribute = node
             .attribute_node(name)
             .ok_or_else(|| self.error(node, format!("<{tag}> lacks the `{name}` attribute")))?;
-        attribute.value().trim().parse().map_err(|_| DataError::MalformedLine {
-            path: self.path.to_owned(),
-            line: self.line_at(attribute.range().start),
-            reason: format!(
-                "<{tag}> attribute `{name}` is not a valid number: `{}`",
-                attribute.value()
-            ),
-        })
+        attribute
+            .value()
+            .trim()
+            .parse()
+            .map_err(|_| DataError::MalformedLine {
+                path: self.path.to_owned(),
+                line: self.line_at(attribute.range().start),
+                reason: format!(
+                    "<{tag}> attribute `{name}` is not a valid number: `{}`",
+                    attribute.value()
+                ),
+            })
     }
 
     /// A required attribute as a finite `f32`.
@@ -115,7 +123,10 @@ impl Reader<'_, '_> {
         } else {
             Err(self.error(
                 node,
-                format!("<{}> attribute `{name}` is not finite", node.tag_name().name()),
+                format!(
+                    "<{}> attribute `{name}` is not finite",
+                    node.tag_name().name()
+                ),
             ))
         }
     }
@@ -128,10 +139,7 @@ impl Reader<'_, '_> {
             (false, false) => None,
             (true, true) => Some((self.number(node, "width")?, self.number(node, "height")?)),
             _ => {
-                return Err(self.error(
-                    node,
-                    "<image> has only one of `width` and `height`".into(),
-                ));
+                return Err(self.error(node, "<image> has only one of `width` and `height`".into()));
             }
         };
         let mut faces = Vec::new();
@@ -186,8 +194,10 @@ impl Reader<'_, '_> {
         let numbers: Option<Vec<u64>> = parts.iter().map(|(n, _)| n.parse().ok()).collect();
         let points = match numbers {
             Some(numbers) => {
-                let mut numbered: Vec<(u64, Point)> =
-                    numbers.into_iter().zip(parts.iter().map(|&(_, p)| p)).collect();
+                let mut numbered: Vec<(u64, Point)> = numbers
+                    .into_iter()
+                    .zip(parts.iter().map(|&(_, p)| p))
+                    .collect();
                 numbered.sort_by_key(|&(n, _)| n);
                 numbered.into_iter().map(|(_, p)| p).collect()
             }
@@ -211,7 +221,10 @@ pub fn format_dlib_xml(images: &[LabeledImage], base_dir: &Path, name: &str) -> 
          <?xml-stylesheet type='text/xsl' href='image_metadata_stylesheet.xsl'?>\n\
          <dataset>\n",
     );
-    out.push_str(&format!("<name>{}</name>\n<comment></comment>\n<images>\n", escape(name)));
+    out.push_str(&format!(
+        "<name>{}</name>\n<comment></comment>\n<images>\n",
+        escape(name)
+    ));
     for image in images {
         let file = relative_to(&image.image_path, base_dir);
         out.push_str(&format!("  <image file='{}'", escape(&file)));
@@ -430,7 +443,9 @@ mod tests {
         let base = Path::new("/data/set");
         let face = |n: usize, dx: f32| AnnotatedFace {
             bbox: bbox(10.0 + dx, -2.0, 30.0, 31.0),
-            points: (0..n).map(|i| [i as f32 + 0.5 + dx, 2.0 * i as f32 - 1.5]).collect(),
+            points: (0..n)
+                .map(|i| [i as f32 + 0.5 + dx, 2.0 * i as f32 - 1.5])
+                .collect(),
         };
         let images = vec![
             LabeledImage {
@@ -452,7 +467,10 @@ mod tests {
         let text = format_dlib_xml(&images, base, "round <trip>");
         assert!(text.contains("<name>round &lt;trip&gt;</name>"), "{text}");
         assert!(text.contains("file='sub/a&amp;b&apos;s.jpg' width='64' height='48'>"));
-        assert!(text.contains("      <part name='00' x='0' y='-2'/>\n"), "{text}");
+        assert!(
+            text.contains("      <part name='00' x='0' y='-2'/>\n"),
+            "{text}"
+        );
         assert!(text.contains("      <part name='100' x='101'"), "{text}");
         assert!(text.contains("    <box top='-2' left='13' width='30' height='31'/>\n"));
         assert!(text.contains("  <image file='d.jpg'>\n  </image>\n"));
@@ -463,8 +481,14 @@ mod tests {
 
     #[test]
     fn relative_paths_are_lexical() {
-        assert_eq!(relative_to(Path::new("./d/x/a.jpg"), Path::new("d")), "x/a.jpg");
-        assert_eq!(relative_to(Path::new("/o/a.jpg"), Path::new("/d")), "/o/a.jpg");
+        assert_eq!(
+            relative_to(Path::new("./d/x/a.jpg"), Path::new("d")),
+            "x/a.jpg"
+        );
+        assert_eq!(
+            relative_to(Path::new("/o/a.jpg"), Path::new("/d")),
+            "/o/a.jpg"
+        );
         assert_eq!(relative_to(Path::new("a.jpg"), Path::new("")), "a.jpg");
     }
 
@@ -496,7 +520,11 @@ mod tests {
         }
         // Formatting reproduces dlib's layout; only the comment differs.
         let original = std::fs::read_to_string(&path).unwrap();
-        let formatted = format_dlib_xml(&images, Path::new(IBUG), "iBUG 300-W face crops - testing images");
+        let formatted = format_dlib_xml(
+            &images,
+            Path::new(IBUG),
+            "iBUG 300-W face crops - testing images",
+        );
         let body = |s: &str| s.split("<images>").nth(1).map(str::to_owned);
         assert_eq!(body(&formatted), body(&original));
     }

@@ -4,9 +4,11 @@
 //! every later stage (cropping, resizing, augmentation, metrics) works from one convention:
 //! continuous coordinates where pixel `i` covers `[i, i + 1)`.
 
+pub mod dlib_xml;
 pub mod ibug;
 pub mod images;
 pub mod imm;
+pub mod pts;
 
 use std::path::PathBuf;
 

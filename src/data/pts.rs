@@ -79,9 +79,9 @@ pub fn parse_pts(text: &str, path: &Path) -> Result<Vec<Point>, DataError> {
                     })?;
                 }
                 Some(("n_points", value)) => {
-                    let count = value.parse::<usize>().map_err(|_| {
-                        malformed(n, format!("n_points is not a count: `{value}`"))
-                    })?;
+                    let count = value
+                        .parse::<usize>()
+                        .map_err(|_| malformed(n, format!("n_points is not a count: `{value}`")))?;
                     declared = Some((count, n));
                 }
                 _ => {
@@ -168,11 +168,7 @@ pub fn read_pts(path: &Path) -> Result<Vec<Point>, DataError> {
 pub fn format_pts(points: &[Point]) -> String {
     let mut out = format!("version: 1\nn_points:  {}\n{{\n", points.len());
     for [x, y] in points {
-        out.push_str(&format!(
-            "{:.6} {:.6}\n",
-            x - PTS_TO_OURS,
-            y - PTS_TO_OURS
-        ));
+        out.push_str(&format!("{:.6} {:.6}\n", x - PTS_TO_OURS, y - PTS_TO_OURS));
     }
     out.push_str("}\n");
     out
