@@ -7,10 +7,12 @@ use image::Rgb;
 use imageproc::drawing::draw_filled_circle_mut;
 use serde::Serialize;
 
+use crate::crop::crop_face;
 use crate::data::images::scale_points;
-use crate::data::{DataError, Example, Point, load_gray};
+use crate::data::{AnnotatedFace, DataError, Example, FaceBox, LabeledImage, Point, load_gray};
 use crate::eval::predict_with_mirror;
 use crate::run::{LoadedModel, RunError, load_trained};
+use crate::train::Task;
 
 /// A model loaded for inference on the inference device.
 pub struct Predictor {
@@ -18,12 +20,15 @@ pub struct Predictor {
     device: burn::tensor::Device,
 }
 
-/// The landmarks found in one image, in that image's pixel coordinates.
+/// The landmarks found in one face of an image, in that image's pixel coordinates (continuous:
+/// pixel `i` covers `[i, i + 1)`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Prediction {
     pub image: PathBuf,
     pub width: u32,
     pub height: u32,
+    /// The face box `[left, top, width, height]` the points were found in (face-box models).
+    pub bbox: Option<[f32; 4]>,
     pub points: Vec<Point>,
 }
 
@@ -36,27 +41,119 @@ impl Predictor {
         Ok(Self { model, device })
     }
 
-    /// Finds the landmarks in one image file. The whole image is the model's input, as in training.
-    pub fn predict_file(&self, path: &Path) -> Result<Prediction, DataError> {
-        let gray = load_gray(path)?;
-        let (w, h) = self.model.config.model.input_size();
-        let example = Example::from_gray(&gray, &[], w, h);
+    /// Whether the model works on a face box (300-W models) rather than the whole photo (IMM).
+    pub fn needs_face_box(&self) -> bool {
+        self.model.config.task == Task::Ibug68
+    }
+
+    fn predict_example(&self, example: &Example) -> Vec<Point> {
         let mirror = self.model.config.test_time_mirror();
-        let fractions = predict_with_mirror(
+        predict_with_mirror(
             &self.model.net,
-            std::slice::from_ref(&example),
+            std::slice::from_ref(example),
             &self.device,
             mirror,
         )
         .pop()
-        .unwrap_or_default();
-        Ok(Prediction {
+        .unwrap_or_default()
+    }
+
+    /// Finds the landmarks in one image file: in each of `boxes` for a face-box model, else in the
+    /// whole image (as the IMM models were trained).
+    pub fn predict_file(
+        &self,
+        path: &Path,
+        boxes: &[FaceBox],
+    ) -> Result<Vec<Prediction>, DataError> {
+        let gray = load_gray(path)?;
+        let prediction = |bbox: Option<&FaceBox>, points| Prediction {
             image: path.to_owned(),
             width: gray.width(),
             height: gray.height(),
-            points: scale_points(&fractions, gray.width() as f32, gray.height() as f32),
-        })
+            bbox: bbox.map(|b| [b.left, b.top, b.width, b.height]),
+            points,
+        };
+        if !self.needs_face_box() {
+            let (w, h) = self.model.config.model.input_size();
+            let fractions = self.predict_example(&Example::from_gray(&gray, &[], w, h));
+            let points = scale_points(&fractions, gray.width() as f32, gray.height() as f32);
+            return Ok(vec![prediction(None, points)]);
+        }
+        let crop = &self.model.config.faces.crop;
+        Ok(boxes
+            .iter()
+            .map(|bbox| {
+                let (example, transform) = crop_face(&gray, *bbox, &[], crop);
+                let fractions = self.predict_example(&example);
+                let points = scale_points(&fractions, example.width as f32, example.height as f32)
+                    .into_iter()
+                    .map(|p| transform.to_image(p))
+                    .collect();
+                prediction(Some(bbox), points)
+            })
+            .collect())
     }
+}
+
+/// Predictions grouped into labelled images (for writing a dlib XML).
+pub fn to_labeled_images(predictions: &[Prediction]) -> Vec<LabeledImage> {
+    let mut images: Vec<LabeledImage> = Vec::new();
+    for p in predictions {
+        let face = AnnotatedFace {
+            bbox: p.bbox.map_or_else(
+                || tight_box(&p.points),
+                |[left, top, width, height]| FaceBox {
+                    left,
+                    top,
+                    width,
+                    height,
+                },
+            ),
+            points: p.points.clone(),
+        };
+        match images.last_mut() {
+            Some(last) if last.image_path == p.image => last.faces.push(face),
+            _ => images.push(LabeledImage {
+                image_path: p.image.clone(),
+                size: Some((p.width, p.height)),
+                faces: vec![face],
+            }),
+        }
+    }
+    images
+}
+
+fn tight_box(points: &[Point]) -> FaceBox {
+    let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+    for p in points {
+        x0 = x0.min(p[0]);
+        y0 = y0.min(p[1]);
+        x1 = x1.max(p[0]);
+        y1 = y1.max(p[1]);
+    }
+    FaceBox {
+        left: x0,
+        top: y0,
+        width: (x1 - x0).max(0.0),
+        height: (y1 - y0).max(0.0),
+    }
+}
+
+/// Predictions for every face of a label set in the course's competition format: `Id,Predicted`,
+/// one row per coordinate (x then y of each point, faces in the label file's order), coordinates
+/// 0-based with pixel centres at integers (the dlib XML convention).
+pub fn competition_csv(predictions: &[Prediction]) -> String {
+    let mut csv = String::from("Id,Predicted\n");
+    let mut id = 1;
+    for p in predictions {
+        for xy in &p.points {
+            for v in xy {
+                csv.push_str(&format!("{id},{:.4}\n", v - 0.5));
+                id += 1;
+            }
+        }
+    }
+    csv
 }
 
 /// Writes a copy of the image with the predicted points drawn on it.

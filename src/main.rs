@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use facemark::data::FaceBox;
 use facemark::model::{ModelConfig, Pooling};
 use facemark::run::{RunDir, write_atomic, write_json};
 use facemark::train::{Schedule, Task, TaskData, TrainConfig};
@@ -54,14 +55,37 @@ enum Command {
     Predict {
         #[arg(long)]
         model: String,
-        #[arg(required = true)]
+        /// Images; with --boxes, the images the XML names are used instead.
+        #[arg(required_unless_present = "boxes")]
         images: Vec<PathBuf>,
+        /// The face box `left,top,width,height` in every image (face-box models).
+        #[arg(long = "box", value_parser = parse_box)]
+        face_box: Option<FaceBox>,
+        /// Face boxes (and images) from a dlib XML file (face-box models).
+        #[arg(long)]
+        boxes: Option<PathBuf>,
         /// Print CSV (image,point,x,y) instead of JSON.
         #[arg(long)]
         csv: bool,
         /// Write each image with its points drawn into this folder.
         #[arg(long)]
         draw: Option<PathBuf>,
+        /// Write one 300-W .pts file per face into this folder.
+        #[arg(long)]
+        pts: Option<PathBuf>,
+        /// Write the predictions as a dlib XML file.
+        #[arg(long)]
+        xml: Option<PathBuf>,
+    },
+    /// Predict every face of a label file and write the course's competition CSV (Id,Predicted).
+    Export {
+        #[arg(long)]
+        model: String,
+        /// dlib XML whose boxes (and image order) are used.
+        #[arg(long)]
+        labels: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Draw the first convolution layer's filters.
     Filters {
@@ -285,17 +309,67 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {
                 println!(
-                    "{model}: validation MSE {:.6}, mean error {:.2} px at 640x480 over {} images (mean shape {:.2} px)",
+                    "{model}: MSE {:.6}, mean error {:.2} px over {} faces (mean shape {:.2} px)",
                     summary.mse, summary.mean_px_error, summary.count, summary.mean_shape_px_error
                 );
+                if let Some(m) = &summary.landmarks {
+                    println!(
+                        "NME inter-ocular {:.2} %, inter-pupil {:.2} %, AUC@0.08 {:.3}, failures@0.08 {:.1} %, @0.10 {:.1} %",
+                        m.nme_inter_ocular,
+                        m.nme_inter_pupil,
+                        m.auc_0_08,
+                        100.0 * m.failure_rate_0_08,
+                        100.0 * m.failure_rate_0_10
+                    );
+                }
             }
         }
         Command::Predict {
             model,
             images,
+            face_box,
+            boxes,
             csv,
             draw,
-        } => predict(&model, &images, csv, draw.as_deref())?,
+            pts,
+            xml,
+        } => {
+            let jobs: Vec<(PathBuf, Vec<FaceBox>)> = match &boxes {
+                Some(path) => facemark::dataset::read_labels(path)?
+                    .into_iter()
+                    .map(|image| {
+                        (
+                            image.image_path,
+                            image.faces.iter().map(|f| f.bbox).collect(),
+                        )
+                    })
+                    .collect(),
+                None => images
+                    .into_iter()
+                    .map(|path| (path, face_box.into_iter().collect()))
+                    .collect(),
+            };
+            let outputs = PredictOutputs {
+                csv,
+                draw,
+                pts,
+                xml,
+            };
+            predict(&model, &jobs, &outputs)?;
+        }
+        Command::Export { model, labels, out } => {
+            let predictor = facemark::inference::Predictor::load(&model)?;
+            let mut predictions = Vec::new();
+            for image in facemark::dataset::read_labels(&labels)? {
+                let boxes: Vec<FaceBox> = image.faces.iter().map(|f| f.bbox).collect();
+                predictions.extend(predictor.predict_file(&image.image_path, &boxes)?);
+            }
+            write_atomic(
+                &out,
+                facemark::inference::competition_csv(&predictions).as_bytes(),
+            )?;
+            eprintln!("wrote {} ({} faces)", out.display(), predictions.len());
+        }
         Command::Filters { model, out } => {
             let predictor = facemark::inference::Predictor::load(&model)?;
             facemark::report::write_filters(&predictor.model.net, &out)?;
@@ -347,19 +421,65 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn predict(model: &str, images: &[PathBuf], csv: bool, draw: Option<&Path>) -> Result<()> {
+/// Where `facemark predict` writes its results besides stdout.
+struct PredictOutputs {
+    csv: bool,
+    draw: Option<PathBuf>,
+    pts: Option<PathBuf>,
+    xml: Option<PathBuf>,
+}
+
+/// `left,top,width,height` -> a face box.
+fn parse_box(text: &str) -> Result<FaceBox, String> {
+    let v: Vec<f32> = text
+        .split(',')
+        .map(|s| s.trim().parse::<f32>().map_err(|e| format!("{s:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    match v[..] {
+        [left, top, width, height] if width > 0.0 && height > 0.0 => Ok(FaceBox {
+            left,
+            top,
+            width,
+            height,
+        }),
+        _ => Err("expected left,top,width,height with a positive width and height".into()),
+    }
+}
+
+fn predict(model: &str, jobs: &[(PathBuf, Vec<FaceBox>)], outputs: &PredictOutputs) -> Result<()> {
     let predictor = facemark::inference::Predictor::load(model)?;
+    if predictor.needs_face_box() && jobs.iter().any(|(_, boxes)| boxes.is_empty()) {
+        bail!(
+            "model {model} finds landmarks inside a face box: give --box left,top,width,height or --boxes FILE.xml"
+        );
+    }
     let mut predictions = Vec::new();
     let mut failures = 0;
-    for path in images {
-        match predictor.predict_file(path) {
-            Ok(p) => {
-                if let Some(dir) = draw {
-                    let name = path.file_stem().unwrap_or_default().to_string_lossy();
-                    let out = dir.join(format!("{name}.png"));
-                    facemark::inference::draw_prediction(&p, &out)?;
+    for (path, boxes) in jobs {
+        match predictor.predict_file(path, boxes) {
+            Ok(found) => {
+                let name = path
+                    .file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                for (i, p) in found.iter().enumerate() {
+                    let stem = if found.len() > 1 {
+                        format!("{name}_{i}")
+                    } else {
+                        name.clone()
+                    };
+                    if let Some(dir) = &outputs.draw {
+                        facemark::inference::draw_prediction(p, &dir.join(format!("{stem}.png")))?;
+                    }
+                    if let Some(dir) = &outputs.pts {
+                        write_atomic(
+                            &dir.join(format!("{stem}.pts")),
+                            facemark::data::pts::format_pts(&p.points).as_bytes(),
+                        )?;
+                    }
                 }
-                predictions.push(p);
+                predictions.extend(found);
             }
             Err(e) => {
                 eprintln!("error: {e}");
@@ -367,13 +487,19 @@ fn predict(model: &str, images: &[PathBuf], csv: bool, draw: Option<&Path>) -> R
             }
         }
     }
-    if csv {
+    if let Some(path) = &outputs.xml {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let images = facemark::inference::to_labeled_images(&predictions);
+        let text = facemark::data::dlib_xml::format_dlib_xml(&images, base, "facemark predictions");
+        write_atomic(path, text.as_bytes())?;
+    }
+    if outputs.csv {
         print!("{}", facemark::inference::predictions_csv(&predictions));
     } else {
         println!("{}", serde_json::to_string_pretty(&predictions)?);
     }
     if failures > 0 {
-        bail!("{failures} of {} images could not be read", images.len());
+        bail!("{failures} of {} images could not be read", jobs.len());
     }
     Ok(())
 }

@@ -347,4 +347,97 @@ fn resnet_beats_the_mean_shape_on_300w_after_short_training() {
         nme < 0.85 * mean_shape,
         "NME {nme:.2} % should clearly beat the mean shape's {mean_shape:.2} %"
     );
+
+    // The run's report, then the CLI on it: eval on another label set, predict from boxes, export.
+    facemark::report::write_report(&run, &config, &task_data, &outcome.state, &outcome.best)
+        .unwrap();
+    assert!(run.figure("ced.png").is_file());
+    let run_str = dir.path().to_str().unwrap();
+    let test_xml = data.join("ibug_300w/labels_300w_test.xml");
+    let out = facemark(
+        &data,
+        &[
+            "eval",
+            "--model",
+            run_str,
+            "--labels",
+            test_xml.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let eval: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(eval["count"], 224);
+    for key in [
+        "nme_inter_ocular",
+        "nme_inter_pupil",
+        "auc_0_08",
+        "failure_rate_0_08",
+        "failure_rate_0_10",
+        "mean_px_error",
+    ] {
+        assert!(eval[key].as_f64().is_some(), "{key} missing from {eval}");
+    }
+
+    let image = data.join("ibug_300w/lfpw/testset/image_0001.jpg");
+    let pts_dir = dir.path().join("pts");
+    let xml_out = dir.path().join("predicted.xml");
+    let no_box = facemark(
+        &data,
+        &["predict", "--model", run_str, image.to_str().unwrap()],
+    );
+    assert!(
+        !no_box.status.success() && stderr(&no_box).contains("--box"),
+        "{}",
+        stderr(&no_box)
+    );
+    let out = facemark(
+        &data,
+        &[
+            "predict",
+            "--model",
+            run_str,
+            image.to_str().unwrap(),
+            "--box",
+            "96,100,194,185",
+            "--pts",
+            pts_dir.to_str().unwrap(),
+            "--xml",
+            xml_out.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let points = facemark::data::pts::read_pts(&pts_dir.join("image_0001.pts")).unwrap();
+    assert_eq!(points.len(), 68);
+    let truth = facemark::data::pts::read_pts(&image.with_extension("pts")).unwrap();
+    let mean_error = points
+        .iter()
+        .zip(&truth)
+        .map(|(a, b)| (a[0] - b[0]).hypot(a[1] - b[1]))
+        .sum::<f32>()
+        / 68.0;
+    assert!(
+        mean_error < 40.0,
+        "predicted points lie on the face: {mean_error:.1} px"
+    );
+    let written = facemark::data::dlib_xml::read_dlib_xml(&xml_out).unwrap();
+    assert_eq!(written[0].faces[0].points.len(), 68);
+
+    let csv_path = dir.path().join("submission.csv");
+    let out = facemark(
+        &data,
+        &[
+            "export",
+            "--model",
+            run_str,
+            "--labels",
+            test_xml.to_str().unwrap(),
+            "--out",
+            csv_path.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let csv = std::fs::read_to_string(&csv_path).unwrap();
+    assert!(csv.starts_with("Id,Predicted\n1,"));
+    assert_eq!(csv.lines().count(), 1 + 224 * 136);
 }
