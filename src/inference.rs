@@ -59,7 +59,7 @@ impl Predictor {
     }
 
     /// Finds the landmarks in one image file: in each of `boxes` for a face-box model, else in the
-    /// whole image (as the IMM models were trained).
+    /// whole image (as the IMM models were trained; `boxes` are then not used).
     pub fn predict_file(
         &self,
         path: &Path,

@@ -298,6 +298,11 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let predictor = facemark::inference::Predictor::load(&model)?;
             let config = &predictor.model.config;
+            if labels.is_some() && !predictor.needs_face_box() {
+                bail!(
+                    "--labels needs a face-box model (ibug68); {model} evaluates on its own validation split"
+                );
+            }
             let data = match &labels {
                 Some(path) => {
                     TaskData::faces_for_validation(config, &facemark::dataset::read_labels(path)?)?
