@@ -204,11 +204,40 @@ pub fn landmark_metrics(predicted: &[Vec<Point>], truth: &[Vec<Point>]) -> Landm
     LandmarkMetrics {
         nme_inter_ocular: 100.0 * mean(&ocular),
         nme_inter_pupil: 100.0 * mean(&pupil),
-        auc_0_08: crate::figures::ced_auc(&ocular_f32, 0.08) as f64,
-        failure_rate_0_08: crate::figures::failure_rate(&ocular_f32, 0.08) as f64,
-        failure_rate_0_10: crate::figures::failure_rate(&ocular_f32, 0.10) as f64,
+        auc_0_08: ced_auc(&ocular_f32, 0.08) as f64,
+        failure_rate_0_08: failure_rate(&ocular_f32, 0.08) as f64,
+        failure_rate_0_10: failure_rate(&ocular_f32, 0.10) as f64,
         per_image_nme: ocular,
     }
+}
+
+/// Area under the CED curve on `[0, max_error]`, divided by `max_error` (so in `[0, 1]`; 1
+/// means every error is 0). Exact for the step function: each image with error `e <= max_error`
+/// contributes `max_error - e`. Non-finite errors count as failures. Returns 0 for no errors
+/// or a non-positive `max_error`.
+pub fn ced_auc(errors: &[f32], max_error: f32) -> f32 {
+    if errors.is_empty() || !(max_error.is_finite() && max_error > 0.0) {
+        return 0.0;
+    }
+    let max_error = f64::from(max_error);
+    let area: f64 = errors
+        .iter()
+        .filter(|e| e.is_finite())
+        .map(|&e| (max_error - f64::from(e.max(0.0))).max(0.0))
+        .sum();
+    (area / (max_error * errors.len() as f64)) as f32
+}
+
+/// Fraction of errors above `threshold`; non-finite errors count as failures. 0 for no errors.
+pub fn failure_rate(errors: &[f32], threshold: f32) -> f32 {
+    if errors.is_empty() {
+        return 0.0;
+    }
+    let failures = errors
+        .iter()
+        .filter(|e| !e.is_finite() || **e > threshold)
+        .count();
+    failures as f32 / errors.len() as f32
 }
 
 /// The mean shape: the average position of each landmark over `examples` (fractions).
@@ -267,6 +296,26 @@ mod tests {
         assert_eq!(m.failure_rate_0_08, 0.0);
         // One image at NME 0.05: the CED is 0 below 0.05 and 1 from there to 0.08.
         assert!((m.auc_0_08 - 0.375).abs() < 1e-4, "{}", m.auc_0_08);
+    }
+
+    #[test]
+    fn ced_auc_hand_computed() {
+        // CED is 1/3 on [0, 0.04), 2/3 on [0.04, 0.08]: (0.04/3 + 0.04*2/3) / 0.08 = 0.5.
+        let auc = ced_auc(&[0.0, 0.04, 0.1], 0.08);
+        assert!((auc - 0.5).abs() < 1e-6, "{auc}");
+        assert_eq!(ced_auc(&[0.0, 0.0], 0.08), 1.0);
+        assert_eq!(ced_auc(&[0.2, f32::NAN], 0.08), 0.0);
+        assert_eq!(ced_auc(&[], 0.08), 0.0);
+        // NaN counts as a failure: half the images at error 0.
+        assert!((ced_auc(&[0.0, f32::NAN], 0.08) - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn failure_rate_hand_computed() {
+        assert!((failure_rate(&[0.0, 0.04, 0.1], 0.08) - 1.0 / 3.0).abs() < 1e-6);
+        assert_eq!(failure_rate(&[0.08], 0.08), 0.0);
+        assert_eq!(failure_rate(&[f32::INFINITY, 0.01], 0.08), 0.5);
+        assert_eq!(failure_rate(&[], 0.08), 0.0);
     }
 
     #[test]
