@@ -40,35 +40,53 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Trains `config` briefly into a temporary run directory and evaluates its best model.
+struct BriefRun {
+    dir: tempfile::TempDir,
+    run: facemark::run::RunDir,
+    data: TaskData,
+    outcome: facemark::train::TrainOutcome,
+    summary: facemark::report::EvalSummary,
+}
+
+fn train_briefly(config: &TrainConfig, data_root: &Path) -> BriefRun {
+    let data = TaskData::load(config, data_root).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = facemark::run::RunDir::new(dir.path());
+    let outcome = facemark::train::train(config, &data, &run, false, false).unwrap();
+    let summary = facemark::report::evaluate(&outcome.best, config, &data).summary;
+    BriefRun {
+        dir,
+        run,
+        data,
+        outcome,
+        summary,
+    }
+}
+
 #[test]
 fn nose_net_learns_on_real_imm_data() {
     let Some(data) = data_dir() else { return };
     let mut config = TrainConfig::study(Task::Nose);
     config.epochs = 8;
-    let task_data = TaskData::load(&config, &data).unwrap();
-    assert_eq!((task_data.train.len(), task_data.val.len()), (192, 48));
+    let brief = train_briefly(&config, &data);
+    assert_eq!((brief.data.train.len(), brief.data.val.len()), (192, 48));
 
-    let untrained = config.model.init(&facemark::backend::device());
-    let untrained_error = facemark::report::evaluate(&untrained, &config, &task_data)
-        .summary
-        .mean_px_error;
-
-    let dir = tempfile::tempdir().unwrap();
-    let run = facemark::run::RunDir::new(dir.path());
-    let outcome = facemark::train::train(&config, &task_data, &run, false, false).unwrap();
-    let history = &outcome.state.history;
+    let history = &brief.outcome.state.history;
     let (first, last) = (history[0].train_loss, history.last().unwrap().train_loss);
     assert!(
         last < first / 3.0,
         "training loss should fall several-fold: {first} -> {last}"
     );
 
-    let trained = facemark::report::evaluate(&outcome.best, &config, &task_data).summary;
+    let untrained = config.model.init(&facemark::backend::device());
+    let untrained_error = facemark::report::evaluate(&untrained, &config, &brief.data)
+        .summary
+        .mean_px_error;
+    let trained_error = brief.summary.mean_px_error;
     assert!(
-        trained.mean_px_error < untrained_error / 3.0 && trained.mean_px_error < 80.0,
-        "validation error {:.1} px should be far below the untrained net's {:.1} px",
-        trained.mean_px_error,
-        untrained_error
+        trained_error < untrained_error / 3.0 && trained_error < 80.0,
+        "validation error {trained_error:.1} px should be far below the untrained net's {untrained_error:.1} px"
     );
 }
 
@@ -275,11 +293,7 @@ fn imm58_net_beats_the_mean_shape_after_short_training() {
     let Some(data) = data_dir() else { return };
     let mut config = TrainConfig::best(Task::Imm58);
     config.epochs = 10;
-    let task_data = TaskData::load(&config, &data).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let run = facemark::run::RunDir::new(dir.path());
-    let outcome = facemark::train::train(&config, &task_data, &run, false, false).unwrap();
-    let summary = facemark::report::evaluate(&outcome.best, &config, &task_data).summary;
+    let summary = train_briefly(&config, &data).summary;
     assert_eq!(summary.per_point_px_error.len(), 58);
     assert!(
         summary.mean_px_error < summary.mean_shape_px_error,
@@ -334,12 +348,14 @@ fn resnet_beats_the_mean_shape_on_300w_after_short_training() {
     });
     config.epochs = 6;
     config.augment = None;
-    let task_data = TaskData::load(&config, &data).unwrap();
+    let BriefRun {
+        dir,
+        run,
+        data: task_data,
+        outcome,
+        summary,
+    } = train_briefly(&config, &data);
     assert_eq!(task_data.train.len() + task_data.val.len(), 2012);
-    let dir = tempfile::tempdir().unwrap();
-    let run = facemark::run::RunDir::new(dir.path());
-    let outcome = facemark::train::train(&config, &task_data, &run, false, false).unwrap();
-    let summary = facemark::report::evaluate(&outcome.best, &config, &task_data).summary;
     let nme = summary.landmarks.as_ref().unwrap().nme_inter_ocular;
     let mean_shape = summary.mean_shape_nme_inter_ocular.unwrap();
     eprintln!("NME {nme:.2} % vs mean shape {mean_shape:.2} %");
