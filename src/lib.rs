@@ -14,6 +14,7 @@ pub mod data;
 pub mod dataset;
 pub mod eval;
 pub mod figures;
+pub mod heatmap;
 pub mod inference;
 pub mod model;
 pub mod report;

@@ -1,0 +1,147 @@
+//! Heatmap targets and decoding (Part 4): one map per landmark at the model's output resolution,
+//! and the way back from a map to a point, with sub-pixel refinement so the pixel grid does not cap
+//! accuracy. Points are in the map's continuous pixel coordinates (pixel `i` covers `[i, i + 1)`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::Point;
+
+/// The shape of a training target.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HeatmapTarget {
+    /// A 2-D Gaussian of this standard deviation (pixels at a 224-pixel map; scaled with size).
+    Gaussian { sigma_at_224: f32 },
+    /// 1 on the pixels whose centres lie within `radius` pixels of the point (at least the pixel
+    /// holding the point), 0 elsewhere.
+    Binary { radius: f32 },
+}
+
+impl Default for HeatmapTarget {
+    /// The study's Gaussian, sigma 5 at 224x224.
+    fn default() -> Self {
+        HeatmapTarget::Gaussian { sigma_at_224: 5.0 }
+    }
+}
+
+impl HeatmapTarget {
+    /// The map for `point` on a `width` x `height` grid, normalised to sum 1 (the target
+    /// distribution that the softmax cross-entropy compares against).
+    pub fn render(&self, point: Point, width: usize, height: usize) -> Vec<f32> {
+        let mut map = vec![0.0f32; width * height];
+        match *self {
+            HeatmapTarget::Gaussian { sigma_at_224 } => {
+                let sigma = sigma_at_224 * width.max(height) as f32 / 224.0;
+                let two_var = 2.0 * sigma * sigma;
+                for (i, v) in map.iter_mut().enumerate() {
+                    let (x, y) = ((i % width) as f32 + 0.5, (i / width) as f32 + 0.5);
+                    let d2 = (x - point[0]).powi(2) + (y - point[1]).powi(2);
+                    *v = (-d2 / two_var).exp();
+                }
+            }
+            HeatmapTarget::Binary { radius } => {
+                for (i, v) in map.iter_mut().enumerate() {
+                    let (x, y) = ((i % width) as f32 + 0.5, (i / width) as f32 + 0.5);
+                    if (x - point[0]).hypot(y - point[1]) <= radius {
+                        *v = 1.0;
+                    }
+                }
+                let (px, py) = (point[0].floor(), point[1].floor());
+                if px >= 0.0 && py >= 0.0 && (px as usize) < width && (py as usize) < height {
+                    map[py as usize * width + px as usize] = 1.0;
+                }
+            }
+        }
+        let sum: f32 = map.iter().sum();
+        if sum > 0.0 {
+            map.iter_mut().for_each(|v| *v /= sum);
+        }
+        map
+    }
+}
+
+/// The centre of the map's largest pixel (the study's decoding).
+pub fn decode_argmax(map: &[f32], width: usize) -> Point {
+    let best = argmax(map);
+    [(best % width) as f32 + 0.5, (best / width) as f32 + 0.5]
+}
+
+/// Argmax refined to sub-pixel precision: a parabola through the log-values of the peak and its
+/// two neighbours, per axis. A Gaussian's logarithm is exactly a parabola, so a Gaussian peak is
+/// recovered exactly; the shift is capped at half a pixel.
+pub fn decode_subpixel(map: &[f32], width: usize) -> Point {
+    let height = map.len() / width.max(1);
+    let best = argmax(map);
+    let (bx, by) = (best % width, best / width);
+    let log = |x: usize, y: usize| (map[y * width + x].max(0.0) + 1e-12).ln();
+    let refine = |left: Option<f32>, centre: f32, right: Option<f32>| match (left, right) {
+        (Some(l), Some(r)) => {
+            let curvature = l - 2.0 * centre + r;
+            if curvature < 0.0 {
+                (0.5 * (l - r) / curvature).clamp(-0.5, 0.5)
+            } else {
+                0.0
+            }
+        }
+        _ => 0.0,
+    };
+    let centre = log(bx, by);
+    let dx = refine(
+        bx.checked_sub(1).map(|x| log(x, by)),
+        centre,
+        (bx + 1 < width).then(|| log(bx + 1, by)),
+    );
+    let dy = refine(
+        by.checked_sub(1).map(|y| log(bx, y)),
+        centre,
+        (by + 1 < height).then(|| log(bx, by + 1)),
+    );
+    [bx as f32 + 0.5 + dx, by as f32 + 0.5 + dy]
+}
+
+fn argmax(map: &[f32]) -> usize {
+    map.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv { (i, v) } else { (bi, bv) }
+        })
+        .0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaussian_peaks_at_the_point_and_sums_to_one() {
+        let target = HeatmapTarget::default();
+        let map = target.render([30.5, 20.5], 56, 56);
+        assert!((map.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+        assert_eq!(decode_argmax(&map, 56), [30.5, 20.5]);
+        // Symmetric about the point.
+        assert!((map[20 * 56 + 29] - map[20 * 56 + 31]).abs() < 1e-9);
+    }
+
+    #[test]
+    fn binary_mask_marks_the_pixel_holding_the_point() {
+        let map = HeatmapTarget::Binary { radius: 0.0 }.render([10.3, 7.9], 32, 32);
+        let marked: Vec<usize> = (0..map.len()).filter(|&i| map[i] > 0.0).collect();
+        assert_eq!(marked, vec![7 * 32 + 10]);
+        assert_eq!(map[7 * 32 + 10], 1.0);
+        let disc = HeatmapTarget::Binary { radius: 1.5 }.render([10.5, 7.5], 32, 32);
+        assert_eq!(disc.iter().filter(|&&v| v > 0.0).count(), 9);
+    }
+
+    #[test]
+    fn subpixel_decoding_recovers_an_off_grid_peak() {
+        let target = HeatmapTarget::Gaussian { sigma_at_224: 5.0 };
+        for point in [[30.37f32, 20.81], [12.9, 40.12], [44.5, 8.66]] {
+            let map = target.render(point, 56, 56);
+            let refined = decode_subpixel(&map, 56);
+            let err = (refined[0] - point[0]).hypot(refined[1] - point[1]);
+            assert!(err < 0.1, "{point:?} decoded as {refined:?} ({err} px)");
+            let nearest = decode_argmax(&map, 56);
+            assert_eq!(nearest, [point[0].floor() + 0.5, point[1].floor() + 0.5]);
+        }
+    }
+}
