@@ -4,6 +4,7 @@
 pub mod imm_net;
 pub mod nose_net;
 pub mod resnet;
+pub mod unet;
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 pub use imm_net::{ImmNet, ImmNetConfig, Pooling};
 pub use nose_net::{NoseNet, NoseNetConfig};
 pub use resnet::{ResNet, ResNetConfig};
+pub use unet::{UNet, UNetConfig};
 
 /// Which network to build, with its settings. Stored in every run's `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,155 @@
+//! U-Net for heatmap keypoints (Part 4): an encoder-decoder with skip connections, a 1-channel
+//! input and one output map per landmark at the input's resolution.
+//!
+//! Each level is two 3x3 convolutions (batch norm, ReLU); the encoder halves the size with 2x2 max
+//! pooling, the decoder doubles it with a 2x2 transposed convolution and concatenates the encoder
+//! features of the same level (Ronneberger et al., 2015, with "same" padding).
+
+use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d, Relu};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UNetConfig {
+    /// Output maps, one per landmark.
+    pub points: usize,
+    /// Channels of the first level; each deeper level doubles them.
+    pub base_width: usize,
+    /// Number of poolings (levels below the first); the input side must divide by `2^depth`.
+    pub depth: usize,
+    /// Square input side in pixels.
+    pub input_size: usize,
+}
+
+impl Default for UNetConfig {
+    fn default() -> Self {
+        Self {
+            points: 68,
+            base_width: 16,
+            depth: 4,
+            input_size: 224,
+        }
+    }
+}
+
+/// Two 3x3 convolutions with batch norm and ReLU.
+#[derive(Module, Debug)]
+pub struct DoubleConv {
+    conv1: Conv2d,
+    norm1: BatchNorm,
+    conv2: Conv2d,
+    norm2: BatchNorm,
+    activation: Relu,
+}
+
+impl DoubleConv {
+    fn new(cin: usize, cout: usize, device: &Device) -> Self {
+        let conv = |cin, cout| {
+            Conv2dConfig::new([cin, cout], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_bias(false)
+                .init(device)
+        };
+        Self {
+            conv1: conv(cin, cout),
+            norm1: BatchNormConfig::new(cout).init(device),
+            conv2: conv(cout, cout),
+            norm2: BatchNormConfig::new(cout).init(device),
+            activation: Relu::new(),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self
+            .activation
+            .forward(self.norm1.forward(self.conv1.forward(x)));
+        self.activation
+            .forward(self.norm2.forward(self.conv2.forward(x)))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct UNet {
+    /// Encoder levels, top (full resolution) first; the last is the bottleneck.
+    encoders: Vec<DoubleConv>,
+    pool: MaxPool2d,
+    /// Decoder levels, deepest first, each with its upsampling.
+    ups: Vec<ConvTranspose2d>,
+    decoders: Vec<DoubleConv>,
+    head: Conv2d,
+}
+
+impl UNetConfig {
+    pub fn init(&self, device: &Device) -> UNet {
+        let width = |level: usize| self.base_width << level;
+        let encoders = (0..=self.depth)
+            .map(|level| {
+                DoubleConv::new(
+                    if level == 0 { 1 } else { width(level - 1) },
+                    width(level),
+                    device,
+                )
+            })
+            .collect();
+        let (ups, decoders) = (0..self.depth)
+            .rev()
+            .map(|level| {
+                let up = ConvTranspose2dConfig::new([width(level + 1), width(level)], [2, 2])
+                    .with_stride([2, 2])
+                    .init(device);
+                (up, DoubleConv::new(2 * width(level), width(level), device))
+            })
+            .unzip();
+        UNet {
+            encoders,
+            pool: MaxPool2dConfig::new([2, 2]).init(),
+            ups,
+            decoders,
+            head: Conv2dConfig::new([self.base_width, self.points], [1, 1]).init(device),
+        }
+    }
+}
+
+impl UNet {
+    /// `[batch, 1, H, W] -> [batch, K, H, W]`: one logit map per landmark (H and W divisible by
+    /// `2^depth`).
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<4> {
+        let mut skips = Vec::with_capacity(self.encoders.len());
+        let mut x = images;
+        for (level, encoder) in self.encoders.iter().enumerate() {
+            if level > 0 {
+                x = self.pool.forward(x);
+            }
+            x = encoder.forward(x);
+            skips.push(x.clone());
+        }
+        skips.pop(); // the bottleneck is `x` itself
+        for (up, decoder) in self.ups.iter().zip(&self.decoders) {
+            let skip = skips.pop().expect("one skip per decoder level");
+            x = decoder.forward(Tensor::cat(vec![up.forward(x), skip], 1));
+        }
+        self.head.forward(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_map_per_point_at_input_resolution() {
+        let device = Device::flex();
+        let config = UNetConfig {
+            base_width: 8,
+            depth: 3,
+            input_size: 64,
+            ..Default::default()
+        };
+        let net = config.init(&device);
+        let out = net.forward(Tensor::zeros([2, 1, 64, 64], &device));
+        assert_eq!(out.dims(), [2, 68, 64, 64]);
+    }
+}
