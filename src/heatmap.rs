@@ -2,9 +2,21 @@
 //! and the way back from a map to a point, with sub-pixel refinement so the pixel grid does not cap
 //! accuracy. Points are in the map's continuous pixel coordinates (pixel `i` covers `[i, i + 1)`).
 
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Point;
+
+/// The study's loss: for every map, a softmax over its pixels compared with the target map
+/// (normalised to sum 1) by cross-entropy, `-sum(target * log_softmax(logits))`, averaged over
+/// maps and batch. `logits` and `targets` are `[batch, K, H, W]`.
+pub fn heatmap_cross_entropy(logits: Tensor<4>, targets: Tensor<4>) -> Tensor<1> {
+    let [b, k, h, w] = logits.dims();
+    let log_p = log_softmax(logits.reshape([b * k, h * w]), 1);
+    let per_map = (targets.reshape([b * k, h * w]) * log_p).sum_dim(1).neg();
+    per_map.mean()
+}
 
 /// The shape of a training target.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -130,6 +142,27 @@ mod tests {
         assert_eq!(map[7 * 32 + 10], 1.0);
         let disc = HeatmapTarget::Binary { radius: 1.5 }.render([10.5, 7.5], 32, 32);
         assert_eq!(disc.iter().filter(|&&v| v > 0.0).count(), 9);
+    }
+
+    #[test]
+    fn cross_entropy_is_lowest_when_the_softmax_matches_the_target() {
+        let device = Device::flex();
+        let target = HeatmapTarget::default().render([10.5, 6.5], 16, 16);
+        let entropy: f32 = target
+            .iter()
+            .filter(|&&t| t > 0.0)
+            .map(|&t| -t * t.ln())
+            .sum();
+        let targets =
+            Tensor::<4>::from_data(TensorData::new(target.clone(), [1, 1, 16, 16]), &device);
+        let matching: Vec<f32> = target.iter().map(|&t| (t + 1e-20).ln()).collect();
+        let loss = |logits: Vec<f32>| -> f32 {
+            let logits = Tensor::<4>::from_data(TensorData::new(logits, [1, 1, 16, 16]), &device);
+            heatmap_cross_entropy(logits, targets.clone()).into_scalar()
+        };
+        let best = loss(matching);
+        assert!((best - entropy).abs() < 1e-3, "{best} vs entropy {entropy}");
+        assert!(loss(vec![0.0; 256]) > best + 1.0, "a flat map costs more");
     }
 
     #[test]
