@@ -120,6 +120,9 @@ enum Command {
         /// Measure with the best recipe's augmentation in the real pipeline.
         #[arg(long)]
         augment: bool,
+        /// Input side for ibug68 (224, 160, 112, ...).
+        #[arg(long)]
+        size: Option<usize>,
     },
 }
 
@@ -166,6 +169,9 @@ struct TrainArgs {
     no_augment: bool,
     #[arg(long)]
     seed: Option<u64>,
+    /// Input side for ibug68 (224 as in the study; 160 or 112 for CPU budgets).
+    #[arg(long)]
+    size: Option<usize>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -204,14 +210,14 @@ impl TrainArgs {
         }
         match &mut c.model {
             ModelConfig::NoseNet(m) => {
-                if self.pooling.is_some() || self.batch_norm {
+                if self.pooling.is_some() || self.batch_norm || self.size.is_some() {
                     bail!("--pooling and --batch-norm apply to imm58");
                 }
                 m.width = self.width.unwrap_or(m.width);
                 m.dropout = self.dropout.unwrap_or(m.dropout);
             }
             ModelConfig::ImmNet(m) => {
-                if self.width.is_some() {
+                if self.width.is_some() || self.size.is_some() {
                     bail!("--width applies to the nose task");
                 }
                 m.pooling = self.pooling.unwrap_or(m.pooling);
@@ -394,6 +400,7 @@ fn run(cli: Cli) -> Result<()> {
             batch_size,
             seconds,
             augment,
+            size,
         } => {
             let mut train = if augment {
                 TrainConfig::best(model)
@@ -401,6 +408,10 @@ fn run(cli: Cli) -> Result<()> {
                 TrainConfig::study(model)
             };
             train.batch_size = batch_size;
+            if let (ModelConfig::ResNet(m), Some(size)) = (&mut train.model, size) {
+                m.input_size = size;
+                train.faces.crop.size = size;
+            }
             if !augment {
                 train.augment = None;
             }
