@@ -47,6 +47,9 @@ enum Command {
         /// A dlib XML file or a folder of image + .pts pairs to evaluate on (face-box models).
         #[arg(long)]
         labels: Option<PathBuf>,
+        /// Also draw the best and worst faces, per-landmark errors and (68 points) the CED here.
+        #[arg(long)]
+        figures: Option<PathBuf>,
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -264,7 +267,7 @@ fn train_run(
         "{}: validation mean error {:.1} px at 640x480 (mean shape {:.1} px), best epoch {}",
         dir.display(),
         summary.mean_px_error,
-        summary.mean_shape_px_error,
+        summary.mean_shape_px_error.unwrap_or(f64::NAN),
         outcome.state.best_epoch.unwrap_or(0)
     );
     Ok(summary)
@@ -300,6 +303,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval {
             model,
             labels,
+            figures,
             json,
         } => {
             let predictor = facemark::inference::Predictor::load(&model)?;
@@ -315,14 +319,28 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 None => TaskData::load(config, &cli.data)?,
             };
-            let summary = facemark::report::evaluate(&predictor.model.net, config, &data).summary;
+            let evaluation = facemark::report::evaluate(&predictor.model.net, config, &data);
+            if let Some(dir) = &figures {
+                let prefix = if labels.is_some() { "test" } else { "val" };
+                facemark::report::write_evaluation_figures(
+                    dir,
+                    prefix,
+                    config,
+                    &data,
+                    &evaluation,
+                )?;
+            }
+            let summary = evaluation.summary;
             if json {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {
                 println!(
-                    "{model}: MSE {:.6}, mean error {:.2} px over {} faces (mean shape {:.2} px)",
-                    summary.mse, summary.mean_px_error, summary.count, summary.mean_shape_px_error
+                    "{model}: MSE {:.6}, mean error {:.2} px over {} faces",
+                    summary.mse, summary.mean_px_error, summary.count
                 );
+                if let Some(px) = summary.mean_shape_px_error {
+                    println!("mean training shape: {px:.2} px");
+                }
                 if let Some(m) = &summary.landmarks {
                     println!(
                         "NME inter-ocular {:.2} %, inter-pupil {:.2} %, AUC@0.08 {:.3}, failures@0.08 {:.1} %, @0.10 {:.1} %",
@@ -608,7 +626,7 @@ fn study(task: Task, data_root: &Path, out: &Path, runs_root: &Path) -> Result<(
             summary.mse,
             summary.mean_px_error,
             summary.median_px_error,
-            summary.mean_shape_px_error
+            summary.mean_shape_px_error.unwrap_or(f64::NAN)
         ));
         copy_results(&dir, &out.join(name))?;
         run_dirs.push(dir);

@@ -1,6 +1,8 @@
 //! What a finished run reports: metrics of its best model on the validation split (`eval.json`)
 //! and the figures drawn from them.
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
 use crate::data::Example;
@@ -22,8 +24,10 @@ pub struct EvalSummary {
     /// Mean Euclidean error per landmark in pixels at 640x480.
     pub mean_px_error: f64,
     pub median_px_error: f64,
-    /// The same error for the mean training shape: the bar an untrained guess reaches.
-    pub mean_shape_px_error: f64,
+    /// The same error for the mean training shape: the bar an untrained guess reaches (absent
+    /// when evaluating on labels outside the training data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_shape_px_error: Option<f64>,
     pub count: usize,
     pub per_point_px_error: Vec<f64>,
     /// The 300-W benchmark's metrics (68-point tasks).
@@ -42,7 +46,7 @@ pub struct Evaluation {
     /// Errors in photo pixels.
     pub errors: PointErrors,
     /// The mean training shape placed in each validation crop, in photo pixels.
-    pub mean_shape_px: Vec<Vec<crate::data::Point>>,
+    pub mean_shape_px: Option<Vec<Vec<crate::data::Point>>>,
     pub truth_px: Vec<Vec<crate::data::Point>>,
 }
 
@@ -56,9 +60,12 @@ pub fn evaluate(net: &KeypointNet, config: &TrainConfig, data: &TaskData) -> Eva
     let predicted_px = data.val_predictions_px(&predicted);
     let truth_px = data.val_truth_px();
     let errors = point_errors(&predicted_px, &truth_px, (1.0, 1.0));
-    let mean = mean_shape(&data.train);
-    let baseline_px = data.val_predictions_px(&vec![mean; truth.len()]);
-    let baseline = point_errors(&baseline_px, &truth_px, (1.0, 1.0));
+    // The mean training shape placed in each face; unknown when evaluating on outside labels.
+    let baseline_px = (!data.train.is_empty())
+        .then(|| data.val_predictions_px(&vec![mean_shape(&data.train); truth.len()]));
+    let baseline = baseline_px
+        .as_ref()
+        .map(|b| point_errors(b, &truth_px, (1.0, 1.0)));
     let is_68 =
         truth.first().is_some_and(|t| t.len() == IBUG_POINTS) && config.task == Task::Ibug68;
     let summary = EvalSummary {
@@ -66,12 +73,14 @@ pub fn evaluate(net: &KeypointNet, config: &TrainConfig, data: &TaskData) -> Eva
         mse,
         mean_px_error: errors.mean_px_error,
         median_px_error: errors.median_px_error,
-        mean_shape_px_error: baseline.mean_px_error,
+        mean_shape_px_error: baseline.map(|b| b.mean_px_error),
         count: errors.count,
         per_point_px_error: errors.per_point_px.clone(),
         landmarks: is_68.then(|| landmark_metrics(&predicted_px, &truth_px)),
-        mean_shape_nme_inter_ocular: is_68
-            .then(|| landmark_metrics(&baseline_px, &truth_px).nme_inter_ocular),
+        mean_shape_nme_inter_ocular: baseline_px
+            .as_ref()
+            .filter(|_| is_68)
+            .map(|b| landmark_metrics(b, &truth_px).nme_inter_ocular),
     };
     Evaluation {
         summary,
@@ -131,66 +140,101 @@ pub fn write_report(
         .collect::<Vec<_>>();
     figures::landmark_grid(&run.figure("train_samples.png"), &tiles, 4, scale)?;
 
+    let figures_dir = run.figure("");
+    write_evaluation_figures(&figures_dir, "val", config, data, &evaluation)?;
+    write_filters(net, &run.figure("filters.png"))?;
+    Ok(evaluation.summary)
+}
+
+/// Draws an evaluation's figures into `dir`: `{prefix}_best.png` and `{prefix}_worst.png` (six
+/// faces each, ranked by inter-ocular NME for 68-point models, else by mean pixel error),
+/// `per_point_error.png` and, for 68-point models, `ced.png` against the mean shape.
+pub fn write_evaluation_figures(
+    dir: &Path,
+    prefix: &str,
+    config: &TrainConfig,
+    data: &TaskData,
+    evaluation: &Evaluation,
+) -> Result<(), FigureError> {
+    let Some(first) = data.val.first() else {
+        return Ok(());
+    };
+    let scale = (320 / first.width).max(1) as u32;
+    let nme = evaluation
+        .summary
+        .landmarks
+        .as_ref()
+        .map(|m| &m.per_image_nme);
+    let score = |i: usize| nme.map_or(evaluation.errors.per_image_px[i], |n| n[i]);
     let mut ranked: Vec<usize> = (0..data.val.len()).collect();
-    ranked.sort_by(|&a, &b| {
-        evaluation.errors.per_image_px[a].total_cmp(&evaluation.errors.per_image_px[b])
-    });
+    ranked.sort_by(|&a, &b| score(a).total_cmp(&score(b)));
     let cases = |order: &[usize]| -> Vec<Tile> {
         order
             .iter()
             .take(6)
             .map(|&i| {
-                let caption = format!(
-                    "{}  {:.1} px",
-                    data.val_names[i], evaluation.errors.per_image_px[i]
-                );
+                let caption = match nme {
+                    Some(n) => format!("{}  NME {:.1} %", data.val_names[i], 100.0 * n[i]),
+                    None => format!(
+                        "{}  {:.1} px",
+                        data.val_names[i], evaluation.errors.per_image_px[i]
+                    ),
+                };
                 tile(&data.val[i], Some(&evaluation.predicted[i]), caption)
             })
             .collect()
     };
-    figures::landmark_grid(&run.figure("val_best.png"), &cases(&ranked), 3, scale)?;
+    figures::landmark_grid(
+        &dir.join(format!("{prefix}_best.png")),
+        &cases(&ranked),
+        3,
+        scale,
+    )?;
     ranked.reverse();
-    figures::landmark_grid(&run.figure("val_worst.png"), &cases(&ranked), 3, scale)?;
+    figures::landmark_grid(
+        &dir.join(format!("{prefix}_worst.png")),
+        &cases(&ranked),
+        3,
+        scale,
+    )?;
 
-    if evaluation.errors.per_point_px.len() > 1 {
-        let labels: Vec<String> = (0..evaluation.errors.per_point_px.len())
-            .map(|i| i.to_string())
-            .collect();
-        let values: Vec<f32> = evaluation
-            .errors
-            .per_point_px
-            .iter()
-            .map(|&v| v as f32)
-            .collect();
+    let per_point = &evaluation.errors.per_point_px;
+    if per_point.len() > 1 {
+        let labels: Vec<String> = (0..per_point.len()).map(|i| i.to_string()).collect();
+        let values: Vec<f32> = per_point.iter().map(|&v| v as f32).collect();
+        let unit = if data.val_transforms.is_empty() {
+            "error (px at 640x480)"
+        } else {
+            "error (px of the photo)"
+        };
         figures::bar_chart(
-            &run.figure("per_point_error.png"),
-            "mean validation error per landmark",
+            &dir.join("per_point_error.png"),
+            "mean error per landmark",
             "landmark",
-            "error (px at 640x480)",
+            unit,
             &labels,
             &values,
         )?;
     }
     if let Some(landmarks) = &evaluation.summary.landmarks {
-        let baseline = landmark_metrics(&evaluation.mean_shape_px, &evaluation.truth_px);
         let as_curve = |label: &str, nme: &[f64]| Curve {
             label: label.into(),
             values: nme.iter().map(|&v| v as f32).collect(),
             dashed: false,
         };
-        let curves = [
-            as_curve(config.task.name(), &landmarks.per_image_nme),
-            as_curve("mean shape", &baseline.per_image_nme),
-        ];
+        let mut curves = vec![as_curve(config.task.name(), &landmarks.per_image_nme)];
+        if let Some(baseline_px) = &evaluation.mean_shape_px {
+            let baseline = landmark_metrics(baseline_px, &evaluation.truth_px);
+            curves.push(as_curve("mean shape", &baseline.per_image_nme));
+        }
         figures::ced_curves(
-            &run.figure("ced.png"),
+            &dir.join("ced.png"),
             "cumulative error distribution (inter-ocular NME)",
             &curves,
             0.10,
         )?;
     }
-    write_filters(net, &run.figure("filters.png"))?;
-    Ok(evaluation.summary)
+    Ok(())
 }
 
 /// Draws the first convolution's filters as a grid of images.

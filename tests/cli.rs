@@ -296,10 +296,10 @@ fn imm58_net_beats_the_mean_shape_after_short_training() {
     let summary = train_briefly(&config, &data).summary;
     assert_eq!(summary.per_point_px_error.len(), 58);
     assert!(
-        summary.mean_px_error < summary.mean_shape_px_error,
+        summary.mean_px_error < summary.mean_shape_px_error.unwrap(),
         "{:.1} px should beat the mean shape's {:.1} px",
         summary.mean_px_error,
-        summary.mean_shape_px_error
+        summary.mean_shape_px_error.unwrap()
     );
 }
 
@@ -379,11 +379,24 @@ fn resnet_beats_the_mean_shape_on_300w_after_short_training() {
             "--labels",
             test_xml.to_str().unwrap(),
             "--json",
+            "--figures",
+            dir.path().join("test-figures").to_str().unwrap(),
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let eval: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(eval["count"], 224);
+    for figure in [
+        "test_best.png",
+        "test_worst.png",
+        "per_point_error.png",
+        "ced.png",
+    ] {
+        assert!(
+            dir.path().join("test-figures").join(figure).is_file(),
+            "{figure}"
+        );
+    }
     for key in [
         "nme_inter_ocular",
         "nme_inter_pupil",
