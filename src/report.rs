@@ -231,10 +231,25 @@ pub fn write_evaluation_figures(
             &dir.join("ced.png"),
             "cumulative error distribution (inter-ocular NME)",
             &curves,
-            0.10,
+            ced_range(&landmarks.per_image_nme),
         )?;
     }
     Ok(())
+}
+
+/// The CED plot's error range: the field's 0.10 when most faces fall within it, else wide enough
+/// to show 95 % of them (at most 0.5), so a weak model's curve is still visible.
+fn ced_range(nme: &[f64]) -> f32 {
+    let mut sorted: Vec<f64> = nme.iter().copied().filter(|v| v.is_finite()).collect();
+    sorted.sort_by(f64::total_cmp);
+    let Some(&p95) = sorted.get(sorted.len() * 95 / 100) else {
+        return 0.10;
+    };
+    if p95 <= 0.10 {
+        0.10
+    } else {
+        ((p95 / 0.05).ceil() * 0.05).min(0.5) as f32
+    }
 }
 
 /// Draws the first convolution's filters as a grid of images.
