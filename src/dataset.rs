@@ -3,6 +3,7 @@
 //! re-cropped from a jittered box every epoch).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use image::GrayImage;
 use rand::seq::SliceRandom;
@@ -42,7 +43,8 @@ impl Default for FaceDataConfig {
 
 /// A training face kept whole, to be cropped anew each epoch.
 pub struct FaceSource {
-    pub gray: GrayImage,
+    /// The decoded photo, shared by all faces in it.
+    pub gray: Arc<GrayImage>,
     pub face: AnnotatedFace,
 }
 
@@ -213,7 +215,7 @@ fn crop_all(
     let per_image: Vec<Vec<_>> = images
         .par_iter()
         .map(|image| {
-            let gray = load_gray(&image.image_path)?;
+            let gray = Arc::new(load_gray(&image.image_path)?);
             let name = file_stem(&image.image_path);
             Ok(image
                 .faces
@@ -227,7 +229,7 @@ fn crop_all(
                         name.clone()
                     };
                     let source = FaceSource {
-                        gray: gray.clone(),
+                        gray: Arc::clone(&gray),
                         face: face.clone(),
                     };
                     (label, source, example, transform)
