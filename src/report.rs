@@ -46,8 +46,8 @@ pub struct Evaluation {
     /// Errors in photo pixels.
     pub errors: PointErrors,
     /// The mean training shape placed in each validation crop, in photo pixels.
-    pub mean_shape_px: Option<Vec<Vec<crate::data::Point>>>,
-    pub truth_px: Vec<Vec<crate::data::Point>>,
+    /// The mean training shape's 300-W metrics, when both are known.
+    pub mean_shape_landmarks: Option<LandmarkMetrics>,
 }
 
 /// Evaluates `net` (validation mode) on the validation split of `data`. Pixel errors are in the
@@ -68,6 +68,10 @@ pub fn evaluate(net: &KeypointNet, config: &TrainConfig, data: &TaskData) -> Eva
         .map(|b| point_errors(b, &truth_px, (1.0, 1.0)));
     let is_68 =
         truth.first().is_some_and(|t| t.len() == IBUG_POINTS) && config.task == Task::Ibug68;
+    let mean_shape_landmarks = baseline_px
+        .as_ref()
+        .filter(|_| is_68)
+        .map(|b| landmark_metrics(b, &truth_px));
     let summary = EvalSummary {
         task: config.task.name().into(),
         mse,
@@ -77,17 +81,13 @@ pub fn evaluate(net: &KeypointNet, config: &TrainConfig, data: &TaskData) -> Eva
         count: errors.count,
         per_point_px_error: errors.per_point_px.clone(),
         landmarks: is_68.then(|| landmark_metrics(&predicted_px, &truth_px)),
-        mean_shape_nme_inter_ocular: baseline_px
-            .as_ref()
-            .filter(|_| is_68)
-            .map(|b| landmark_metrics(b, &truth_px).nme_inter_ocular),
+        mean_shape_nme_inter_ocular: mean_shape_landmarks.as_ref().map(|m| m.nme_inter_ocular),
     };
     Evaluation {
         summary,
         predicted,
         errors,
-        mean_shape_px: baseline_px,
-        truth_px,
+        mean_shape_landmarks,
     }
 }
 
@@ -223,8 +223,7 @@ pub fn write_evaluation_figures(
             dashed: false,
         };
         let mut curves = vec![as_curve(config.task.name(), &landmarks.per_image_nme)];
-        if let Some(baseline_px) = &evaluation.mean_shape_px {
-            let baseline = landmark_metrics(baseline_px, &evaluation.truth_px);
+        if let Some(baseline) = &evaluation.mean_shape_landmarks {
             curves.push(as_curve("mean shape", &baseline.per_image_nme));
         }
         figures::ced_curves(
