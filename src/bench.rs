@@ -4,16 +4,16 @@
 use std::time::{Duration, Instant};
 
 use burn::module::Module;
-use burn::nn::loss::{MseLoss, Reduction};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Distribution;
+use rand::Rng;
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::augment::sample_rng;
 use crate::data::{Example, load_gray};
-use crate::eval::{images_tensor, targets_tensor};
+use crate::eval::images_tensor;
 use crate::model::KeypointNet;
 use crate::train::{TaskData, TrainConfig, batch_examples};
 
@@ -71,10 +71,10 @@ fn train_step(
     model: KeypointNet,
     optim: &mut burn::optim::ModuleOptimizer,
     lr: f64,
-    x: Tensor<4>,
-    y: Tensor<2>,
+    examples: &[Example],
+    device: &Device,
 ) -> KeypointNet {
-    let loss = MseLoss::new().forward(model.forward(x), y, Reduction::Mean);
+    let loss = model.loss(images_tensor(examples, device), examples);
     let _: f32 = loss.clone().into_scalar(); // wait for the step, as training does
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     optim.step(lr, model, grads)
@@ -87,9 +87,7 @@ pub fn run(config: &BenchConfig, data: Option<&TaskData>, mut report: impl FnMut
     device.seed(tc.seed);
     let (w, h) = tc.model.input_size();
     let b = tc.batch_size;
-    let outputs = 2 * tc.task.point_indices().len();
-    let x = Tensor::<4>::random([b, 1, h, w], Distribution::Uniform(-0.5, 0.5), &device);
-    let y = Tensor::<2>::random([b, outputs], Distribution::Uniform(0.0, 1.0), &device);
+    let synthetic = synthetic_examples(b, w, h, tc.task.point_indices().len(), tc.seed);
 
     let mut model = Some(tc.model.init(&device));
     let mut optim = burn::optim::AdamConfig::new().init();
@@ -99,8 +97,8 @@ pub fn run(config: &BenchConfig, data: Option<&TaskData>, mut report: impl FnMut
             m,
             &mut optim,
             tc.learning_rate,
-            x.clone(),
-            y.clone(),
+            &synthetic,
+            &device,
         ));
     });
     report(&result("train_synthetic", config, n, t));
@@ -134,8 +132,8 @@ pub fn run(config: &BenchConfig, data: Option<&TaskData>, mut report: impl FnMut
             m,
             &mut optim,
             tc.learning_rate,
-            images_tensor(&examples, &device),
-            targets_tensor(&examples, &device),
+            &examples,
+            &device,
         ));
     });
     report(&result("train_real_pipeline", config, n, t));
@@ -166,6 +164,21 @@ pub fn run(config: &BenchConfig, data: Option<&TaskData>, mut report: impl FnMut
             .collect();
     });
     report(&result("decode_preprocess", config, n, t));
+}
+
+/// `count` images of uniform noise with random points, for the synthetic benchmarks.
+fn synthetic_examples(count: usize, w: usize, h: usize, points: usize, seed: u64) -> Vec<Example> {
+    let mut rng = sample_rng(seed, 0, 0);
+    (0..count)
+        .map(|_| Example {
+            width: w,
+            height: h,
+            pixels: (0..w * h).map(|_| rng.random_range(-0.5..0.5)).collect(),
+            points: (0..points)
+                .map(|_| [rng.random_range(0.0..1.0), rng.random_range(0.0..1.0)])
+                .collect(),
+        })
+        .collect()
 }
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.

@@ -2,10 +2,12 @@
 //! validation, plus what per-epoch sampling needs (decoded photos and boxes, so 300-W faces can be
 //! re-cropped from a jittered box every epoch).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use image::GrayImage;
+use rand::Rng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -14,7 +16,7 @@ use crate::augment::sample_rng;
 use crate::crop::{BoxJitter, CropConfig, CropTransform, crop_face};
 use crate::data::images::scale_points;
 use crate::data::imm::{self, IMM_IMAGE_SIZE};
-use crate::data::{AnnotatedFace, DataError, Example, LabeledImage, Point, load_gray};
+use crate::data::{AnnotatedFace, DataError, Example, FaceBox, LabeledImage, Point, load_gray};
 use crate::train::{Task, TrainConfig};
 
 /// Where a face-box task (300-W) finds its faces and how it crops them.
@@ -28,6 +30,11 @@ pub struct FaceDataConfig {
     pub crop: CropConfig,
     /// Random box changes before each training crop; `None` crops the given box.
     pub jitter: Option<BoxJitter>,
+    /// Label files (relative to the data folder) whose boxes the training crops start from, matched
+    /// to the faces of `labels` by image and position: each epoch a face is cropped from one of its
+    /// boxes at random, and a face that none of them has is left out of training. Empty: the boxes
+    /// of `labels`. Validation always uses the boxes of `labels`.
+    pub training_boxes: Vec<PathBuf>,
 }
 
 impl Default for FaceDataConfig {
@@ -37,6 +44,7 @@ impl Default for FaceDataConfig {
             val_fraction: 0.2,
             crop: CropConfig::default(),
             jitter: Some(BoxJitter::default()),
+            training_boxes: Vec::new(),
         }
     }
 }
@@ -46,6 +54,10 @@ pub struct FaceSource {
     /// The decoded photo, shared by all faces in it.
     pub gray: Arc<GrayImage>,
     pub face: AnnotatedFace,
+    /// The photo's file, to match boxes from other label files.
+    pub photo: PathBuf,
+    /// Boxes to crop from, one chosen per epoch; empty means `face.bbox`.
+    pub boxes: Vec<FaceBox>,
 }
 
 /// A task's data, split and ready for the network.
@@ -62,6 +74,8 @@ pub struct TaskData {
     pub val_transforms: Vec<CropTransform>,
     /// The training photos' files, for the decoding benchmark.
     pub train_photos: Vec<PathBuf>,
+    /// The labelled validation images (face-box tasks), to re-crop them from other boxes.
+    pub val_images: Vec<LabeledImage>,
 }
 
 /// Reads a label set: a dlib XML file, or a folder of image + `.pts` pairs.
@@ -94,7 +108,7 @@ impl TaskData {
     pub fn load(config: &TrainConfig, data_root: &Path) -> Result<Self, DataError> {
         match config.task {
             Task::Nose | Task::Imm58 => Self::load_imm(config, &imm_dir(data_root)),
-            Task::Ibug68 => {
+            Task::Ibug68 | Task::Heatmap => {
                 let labels_path = data_root.join(&config.faces.labels);
                 if !labels_path.exists() {
                     return Err(DataError::MissingDataSet(format!(
@@ -108,7 +122,17 @@ impl TaskData {
                 let n_val = ((images.len() as f32) * config.faces.val_fraction).round() as usize;
                 let train_images = images.split_off(n_val);
                 let mut data = Self::faces_for_validation(config, &images)?;
+                data.val_images = images;
                 data.add_training_faces(config, &train_images)?;
+                if !config.faces.training_boxes.is_empty() {
+                    let box_sets = config
+                        .faces
+                        .training_boxes
+                        .iter()
+                        .map(|path| read_labels(&data_root.join(path)))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    data.use_training_boxes(&box_sets);
+                }
                 Ok(data)
             }
         }
@@ -159,6 +183,57 @@ impl TaskData {
         Ok(())
     }
 
+    /// Replaces each training face's box by the matching boxes of `box_sets` and drops the faces
+    /// that no set has a box for (see [`FaceDataConfig::training_boxes`]).
+    fn use_training_boxes(&mut self, box_sets: &[Vec<LabeledImage>]) {
+        let by_photo = boxes_by_photo(box_sets.iter().flatten());
+        for source in &mut self.train_sources {
+            source.boxes = by_photo
+                .get(source.photo.as_path())
+                .map(|boxes| boxes_around(boxes, &source.face.points))
+                .unwrap_or_default();
+        }
+        let keep: Vec<bool> = self
+            .train_sources
+            .iter()
+            .map(|s| !s.boxes.is_empty())
+            .collect();
+        retain_where(&mut self.train_sources, &keep);
+        retain_where(&mut self.train, &keep);
+        retain_where(&mut self.train_names, &keep);
+    }
+
+    /// The validation faces cropped from the boxes of `boxes` instead (e.g. a detector's), matched
+    /// by photo and position; faces it has no box for are left out.
+    pub fn validation_with_boxes(
+        &self,
+        config: &TrainConfig,
+        boxes: &[LabeledImage],
+    ) -> Result<Self, DataError> {
+        let by_photo = boxes_by_photo(boxes);
+        let images: Vec<LabeledImage> = self
+            .val_images
+            .iter()
+            .map(|image| LabeledImage {
+                faces: image
+                    .faces
+                    .iter()
+                    .filter_map(|face| {
+                        let candidates = by_photo.get(image.image_path.as_path())?;
+                        let bbox = *boxes_around(candidates, &face.points).first()?;
+                        Some(AnnotatedFace {
+                            bbox,
+                            points: face.points.clone(),
+                        })
+                    })
+                    .collect(),
+                ..image.clone()
+            })
+            .filter(|image| !image.faces.is_empty())
+            .collect();
+        Self::faces_for_validation(config, &images)
+    }
+
     /// The validation truth in pixels of the original photos.
     pub fn val_truth_px(&self) -> Vec<Vec<Point>> {
         self.val_predictions_px(
@@ -195,7 +270,11 @@ impl TaskData {
         let mut rng = sample_rng(config.seed, epoch, index);
         let base = match (self.train_sources.get(index), &config.faces.jitter) {
             (Some(source), Some(jitter)) => {
-                let bbox = jitter.apply(source.face.bbox, &mut rng);
+                let given = match source.boxes.len() {
+                    0 => source.face.bbox,
+                    n => source.boxes[rng.random_range(0..n)],
+                };
+                let bbox = jitter.apply(given, &mut rng);
                 crop_face(&source.gray, bbox, &source.face.points, &config.faces.crop).0
             }
             _ => self.train[index].clone(),
@@ -205,6 +284,39 @@ impl TaskData {
             None => base,
         }
     }
+}
+
+/// Every face box of `images`, by photo.
+fn boxes_by_photo<'a>(
+    images: impl IntoIterator<Item = &'a LabeledImage>,
+) -> HashMap<&'a Path, Vec<FaceBox>> {
+    let mut by_photo: HashMap<&Path, Vec<FaceBox>> = HashMap::new();
+    for image in images {
+        let boxes = by_photo.entry(image.image_path.as_path()).or_default();
+        boxes.extend(image.faces.iter().map(|face| face.bbox));
+    }
+    by_photo
+}
+
+/// The boxes among `boxes` that hold the centre of `points` (the same face, when a photo shows
+/// several).
+fn boxes_around(boxes: &[FaceBox], points: &[Point]) -> Vec<FaceBox> {
+    let n = points.len().max(1) as f32;
+    let cx = points.iter().map(|p| p[0]).sum::<f32>() / n;
+    let cy = points.iter().map(|p| p[1]).sum::<f32>() / n;
+    boxes
+        .iter()
+        .filter(|b| {
+            (b.left..b.left + b.width).contains(&cx) && (b.top..b.top + b.height).contains(&cy)
+        })
+        .copied()
+        .collect()
+}
+
+/// Keeps the items whose flag is set.
+fn retain_where<T>(items: &mut Vec<T>, keep: &[bool]) {
+    let mut flags = keep.iter();
+    items.retain(|_| flags.next().copied().unwrap_or(false));
 }
 
 /// Decodes each image once (in parallel) and crops every face in it.
@@ -231,6 +343,8 @@ fn crop_all(
                     let source = FaceSource {
                         gray: Arc::clone(&gray),
                         face: face.clone(),
+                        photo: image.image_path.clone(),
+                        boxes: Vec::new(),
                     };
                     (label, source, example, transform)
                 })

@@ -937,9 +937,118 @@ pub fn heatmap_image(values: &[f32], width: usize, height: usize) -> RgbImage {
     })
 }
 
+/// One row of a [`heatmap_grid`]: a face with its points, then maps drawn over it.
+#[derive(Debug, Clone)]
+pub struct HeatmapRow {
+    pub face: Tile,
+    /// `(caption, row-major values)` of maps of `map_size`, each drawn over the face.
+    pub maps: Vec<(String, Vec<f32>)>,
+    /// `(width, height)` of every map.
+    pub map_size: (usize, usize),
+}
+
+/// Rows of a face (points drawn as in [`landmark_grid`]) followed by its heatmaps, each
+/// coloured (viridis, min to max) and blended over the face at the face's drawn size.
+pub fn heatmap_grid(path: &Path, rows: &[HeatmapRow], scale: u32) -> Result<(), FigureError> {
+    if rows.is_empty() || scale == 0 {
+        return Err(invalid(path, "no rows to draw"));
+    }
+    let columns = 1 + rows.iter().map(|r| r.maps.len()).max().unwrap_or(0) as u32;
+    let faces: Vec<RgbImage> = rows.iter().map(|r| render_tile(&r.face, scale)).collect();
+    let cell_w = faces.iter().map(|f| f.width()).max().unwrap_or(1).max(120);
+    let cell_h = faces.iter().map(|f| f.height()).max().unwrap_or(1);
+    let row_h = CAPTION_HEIGHT + cell_h + GRID_PAD;
+    let width = GRID_PAD + columns * (cell_w + GRID_PAD);
+    let height = GRID_PAD + rows.len() as u32 * row_h;
+    let mut grid = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
+    let mut captions = Vec::new();
+    let caption_font = font(CAPTION_FONT);
+    for (r, (row, face)) in rows.iter().zip(&faces).enumerate() {
+        let y0 = GRID_PAD + r as u32 * row_h;
+        let cell_x = |c: u32| GRID_PAD + c * (cell_w + GRID_PAD);
+        image::imageops::replace(
+            &mut grid,
+            face,
+            i64::from(cell_x(0)),
+            i64::from(y0 + CAPTION_HEIGHT),
+        );
+        captions.push((row.face.caption.clone(), (cell_x(0), y0)));
+        let (mw, mh) = row.map_size;
+        let gray = image::imageops::resize(
+            &row.face.image,
+            face.width(),
+            face.height(),
+            image::imageops::FilterType::Triangle,
+        );
+        for (c, (caption, values)) in row.maps.iter().enumerate() {
+            let coloured = image::imageops::resize(
+                &heatmap_image(values, mw, mh),
+                face.width(),
+                face.height(),
+                image::imageops::FilterType::Triangle,
+            );
+            let blended = RgbImage::from_fn(face.width(), face.height(), |x, y| {
+                let g = gray.get_pixel(x, y)[0] as f32;
+                let h = coloured.get_pixel(x, y).0;
+                Rgb(h.map(|v| (0.35 * g + 0.65 * v as f32).round() as u8))
+            });
+            let x = cell_x(c as u32 + 1);
+            image::imageops::replace(
+                &mut grid,
+                &blended,
+                i64::from(x),
+                i64::from(y0 + CAPTION_HEIGHT),
+            );
+            captions.push((caption.clone(), (x, y0)));
+        }
+    }
+    let captions: Vec<(String, (i32, i32))> = captions
+        .into_iter()
+        .map(|(text, (x, y))| {
+            (
+                fit_text(&text, cell_w, &caption_font),
+                (x as i32, y as i32 + 2),
+            )
+        })
+        .collect();
+    draw_text_layer(path, &mut grid, |root| {
+        let style = text_style(CAPTION_FONT);
+        for (text, position) in &captions {
+            root.draw(&Text::new(text.as_str(), *position, style.clone()))?;
+        }
+        Ok(())
+    })?;
+    save_png(path, &grid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heatmap_grid_draws_faces_and_maps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("heatmaps.png");
+        let face = Tile {
+            image: GrayImage::from_fn(32, 32, |x, y| image::Luma([((x + y) * 4) as u8])),
+            truth: vec![[10.0, 12.0]],
+            predicted: Some(vec![[11.0, 12.5]]),
+            caption: "face".into(),
+        };
+        let map: Vec<f32> = (0..16 * 16)
+            .map(|i| if i == 5 * 16 + 5 { 1.0 } else { 0.0 })
+            .collect();
+        let row = HeatmapRow {
+            face,
+            maps: vec![("all".into(), map.clone()), ("point 0".into(), map)],
+            map_size: (16, 16),
+        };
+        heatmap_grid(&path, &[row.clone(), row], 4).unwrap();
+        let image = decode(&path);
+        assert_eq!(image.width(), GRID_PAD + 3 * (128 + GRID_PAD));
+        assert_not_flat(&image);
+        assert!(heatmap_grid(&path, &[], 4).is_err());
+    }
 
     fn decode(path: &Path) -> RgbImage {
         image::open(path).expect("figure decodes").to_rgb8()

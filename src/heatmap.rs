@@ -72,6 +72,66 @@ impl HeatmapTarget {
     }
 }
 
+/// Where each landmark lies across the training faces, as an axis-aligned Gaussian per point
+/// (fractions of the crop). Added to the logits as a log-prior, it lets an untrained network
+/// start from the mean shape instead of from anywhere in the crop, and the maps learn the
+/// evidence on top of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShapePrior {
+    pub mean: Vec<Point>,
+    /// Standard deviation per point and axis.
+    pub spread: Vec<Point>,
+}
+
+impl ShapePrior {
+    /// Mean and spread of the points of `shapes` (fractions of the crop), each spread at least
+    /// `min_spread`.
+    pub fn from_shapes(shapes: &[Vec<Point>], min_spread: f32) -> Self {
+        let k = shapes.first().map_or(0, Vec::len);
+        let n = shapes.len().max(1) as f32;
+        let mut sum = vec![[0.0f32; 2]; k];
+        let mut sum_sq = vec![[0.0f32; 2]; k];
+        for shape in shapes {
+            for (i, p) in shape.iter().enumerate().take(k) {
+                for axis in 0..2 {
+                    sum[i][axis] += p[axis];
+                    sum_sq[i][axis] += p[axis] * p[axis];
+                }
+            }
+        }
+        let mean: Vec<Point> = sum.iter().map(|s| [s[0] / n, s[1] / n]).collect();
+        let spread = sum_sq
+            .iter()
+            .zip(&mean)
+            .map(|(sq, m)| {
+                let sd = |axis: usize| {
+                    (sq[axis] / n - m[axis] * m[axis])
+                        .max(0.0)
+                        .sqrt()
+                        .max(min_spread)
+                };
+                [sd(0), sd(1)]
+            })
+            .collect();
+        Self { mean, spread }
+    }
+
+    /// The log-prior maps `[K, height, width]`, row-major, up to a constant per map.
+    pub fn log_maps(&self, width: usize, height: usize) -> Vec<f32> {
+        let mut maps = Vec::with_capacity(self.mean.len() * width * height);
+        for (m, s) in self.mean.iter().zip(&self.spread) {
+            for y in 0..height {
+                let dy = ((y as f32 + 0.5) / height as f32 - m[1]) / s[1];
+                for x in 0..width {
+                    let dx = ((x as f32 + 0.5) / width as f32 - m[0]) / s[0];
+                    maps.push(-0.5 * (dx * dx + dy * dy));
+                }
+            }
+        }
+        maps
+    }
+}
+
 /// The centre of the map's largest pixel (the study's decoding).
 pub fn decode_argmax(map: &[f32], width: usize) -> Point {
     let best = argmax(map);
@@ -163,6 +223,20 @@ mod tests {
         let best = loss(matching);
         assert!((best - entropy).abs() < 1e-3, "{best} vs entropy {entropy}");
         assert!(loss(vec![0.0; 256]) > best + 1.0, "a flat map costs more");
+    }
+
+    #[test]
+    fn shape_prior_peaks_at_the_mean_point() {
+        let shapes = vec![vec![[0.2, 0.4]], vec![[0.4, 0.6]]];
+        let prior = ShapePrior::from_shapes(&shapes, 0.01);
+        assert!((prior.mean[0][0] - 0.3).abs() < 1e-6 && (prior.mean[0][1] - 0.5).abs() < 1e-6);
+        assert!((prior.spread[0][0] - 0.1).abs() < 1e-5);
+        let maps = prior.log_maps(10, 10);
+        // The mean (0.3, 0.5) lies on the border of pixels 2|3 and 4|5: the peak is among them.
+        assert_eq!(decode_argmax(&maps, 10)[0].floor() as usize / 2, 1);
+        assert!(maps.iter().all(|v| *v <= 0.0));
+        let narrow = ShapePrior::from_shapes(&[vec![[0.5, 0.5]]], 0.05);
+        assert_eq!(narrow.spread[0], [0.05, 0.05]);
     }
 
     #[test]

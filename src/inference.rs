@@ -12,7 +12,6 @@ use crate::data::images::scale_points;
 use crate::data::{AnnotatedFace, DataError, Example, FaceBox, LabeledImage, Point, load_gray};
 use crate::eval::predict_with_mirror;
 use crate::run::{LoadedModel, RunError, load_trained};
-use crate::train::Task;
 
 /// A model loaded for inference on the inference device.
 pub struct Predictor {
@@ -43,7 +42,7 @@ impl Predictor {
 
     /// Whether the model works on a face box (300-W models) rather than the whole photo (IMM).
     pub fn needs_face_box(&self) -> bool {
-        self.model.config.task == Task::Ibug68
+        self.model.config.task.crops_faces()
     }
 
     fn predict_example(&self, example: &Example) -> Vec<Point> {

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use facemark::data::FaceBox;
-use facemark::model::{ModelConfig, Pooling};
+use facemark::heatmap::HeatmapTarget;
+use facemark::model::{Decoding, HeatmapLoss, ModelConfig, Pooling};
 use facemark::run::{RunDir, write_atomic, write_json};
 use facemark::train::{Schedule, Task, TaskData, TrainConfig};
 
@@ -53,6 +54,9 @@ enum Command {
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
+        /// Decode a heatmap model's maps this way instead of as trained.
+        #[arg(long, value_enum)]
+        decode: Option<Decoding>,
     },
     /// Find landmarks in images.
     Predict {
@@ -97,12 +101,16 @@ enum Command {
         #[arg(long, default_value = "filters.png")]
         out: PathBuf,
     },
-    /// Draw the validation loss curves of several runs on one plot.
+    /// Draw the validation loss curves of several runs on one plot, or with --labels the CED
+    /// curves of several models (run directories or shipped names) on one label set.
     Compare {
         #[arg(required = true)]
         runs: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
+        /// A dlib XML file or .pts folder: compare inter-ocular CED curves on it.
+        #[arg(long)]
+        labels: Option<PathBuf>,
     },
     /// Copy a run's best weights, in half precision, to the shipped models as NAME.
     Ship {
@@ -175,6 +183,61 @@ struct TrainArgs {
     /// Input side for ibug68 (224 as in the study; 160 or 112 for CPU budgets).
     #[arg(long)]
     size: Option<usize>,
+    /// Which boxes the 300-W training crops start from.
+    #[arg(long, value_enum)]
+    train_boxes: Option<TrainingBoxes>,
+    /// Heatmap target shape.
+    #[arg(long, value_enum)]
+    target: Option<TargetKind>,
+    /// Gaussian target's sigma in pixels at 224 (scaled with the map size).
+    #[arg(long)]
+    sigma: Option<f32>,
+    /// Binary target's disc radius in map pixels (the keypoint's pixel is always marked).
+    #[arg(long)]
+    radius: Option<f32>,
+    /// Heatmap loss.
+    #[arg(long, value_enum)]
+    heatmap_loss: Option<HeatmapLoss>,
+    /// U-Net depth (number of poolings).
+    #[arg(long)]
+    depth: Option<usize>,
+    /// Add the training faces' mean shape as a log-prior to the heatmap logits (true/false).
+    #[arg(long)]
+    shape_prior: Option<bool>,
+    /// Print the recipe (flags applied) as JSON and exit without training.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TargetKind {
+    /// A 2-D Gaussian (sigma 5 at 224 by default).
+    Gaussian,
+    /// 1 on the keypoint's pixel (and a small disc), 0 elsewhere.
+    Binary,
+}
+
+/// The face boxes a 300-W model trains from.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TrainingBoxes {
+    /// The tight landmark boxes of labels_300w_train.xml.
+    Tight,
+    /// dlib's HOG detector boxes (labels_300w_train_hogbox.xml; faces it missed are left out).
+    Detector,
+    /// Either, drawn at random each epoch.
+    Both,
+}
+
+impl TrainingBoxes {
+    const DETECTOR_LABELS: &str = "ibug_300w/labels_300w_train_hogbox.xml";
+
+    fn label_files(self, labels: &Path) -> Vec<PathBuf> {
+        match self {
+            TrainingBoxes::Tight => vec![],
+            TrainingBoxes::Detector => vec![Self::DETECTOR_LABELS.into()],
+            TrainingBoxes::Both => vec![labels.to_owned(), Self::DETECTOR_LABELS.into()],
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -211,6 +274,12 @@ impl TrainArgs {
         if self.no_augment {
             c.augment = None;
         }
+        if let Some(boxes) = self.train_boxes {
+            if !c.task.crops_faces() {
+                bail!("--train-boxes applies to the 300-W tasks");
+            }
+            c.faces.training_boxes = boxes.label_files(&c.faces.labels);
+        }
         match &mut c.model {
             ModelConfig::NoseNet(m) => {
                 if self.pooling.is_some() || self.batch_norm || self.size.is_some() {
@@ -238,6 +307,42 @@ impl TrainArgs {
                     );
                 }
             }
+            ModelConfig::Heatmap(m) => {
+                if self.pooling.is_some() || self.batch_norm || self.dropout.is_some() {
+                    bail!("--pooling, --batch-norm and --dropout do not apply to the U-Net");
+                }
+                m.unet.base_width = self.width.unwrap_or(m.unet.base_width);
+                m.unet.depth = self.depth.unwrap_or(m.unet.depth);
+                m.loss = self.heatmap_loss.unwrap_or(m.loss);
+                m.use_shape_prior = self.shape_prior.unwrap_or(m.use_shape_prior);
+                match self.target {
+                    Some(TargetKind::Gaussian) => {
+                        m.target = HeatmapTarget::Gaussian {
+                            sigma_at_224: self.sigma.unwrap_or(5.0),
+                        }
+                    }
+                    Some(TargetKind::Binary) => {
+                        m.target = HeatmapTarget::Binary {
+                            radius: self.radius.unwrap_or(1.0),
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+        if let Some(size) = self.size {
+            c.set_input_size(size);
+        }
+        let heatmap_flags = self.target.is_some()
+            || self.heatmap_loss.is_some()
+            || self.depth.is_some()
+            || self.shape_prior.is_some()
+            || self.sigma.is_some()
+            || self.radius.is_some();
+        if heatmap_flags && c.task != Task::Heatmap {
+            bail!(
+                "--target, --heatmap-loss, --depth, --sigma and --radius apply to the heatmap task"
+            );
         }
         c.validate().map_err(anyhow::Error::msg)?;
         Ok(c)
@@ -263,8 +368,13 @@ fn train_run(
     let outcome = facemark::train::train(config, data, &run, resume, show_progress)?;
     let summary =
         facemark::report::write_report(&run, config, data, &outcome.state, &outcome.best)?;
+    let nme = summary
+        .landmarks
+        .as_ref()
+        .map(|m| format!(", inter-ocular NME {:.2} %", m.nme_inter_ocular))
+        .unwrap_or_default();
     eprintln!(
-        "{}: validation mean error {:.1} px at 640x480 (mean shape {:.1} px), best epoch {}",
+        "{}: validation mean error {:.1} px of the photos{nme} (mean shape {:.1} px), best epoch {}",
         dir.display(),
         summary.mean_px_error,
         summary.mean_shape_px_error.unwrap_or(f64::NAN),
@@ -296,6 +406,10 @@ fn run(cli: Cli) -> Result<()> {
                     (args.config()?, dir, false)
                 }
             };
+            if args.print_config {
+                println!("{}", serde_json::to_string_pretty(&config)?);
+                return Ok(());
+            }
             let data = TaskData::load(&config, &cli.data)?;
             train_run(&config, &data, &dir, resume, args.force)?;
         }
@@ -305,8 +419,14 @@ fn run(cli: Cli) -> Result<()> {
             labels,
             figures,
             json,
+            decode,
         } => {
-            let predictor = facemark::inference::Predictor::load(&model)?;
+            let mut predictor = facemark::inference::Predictor::load(&model)?;
+            if let Some(decoding) = decode
+                && !predictor.model.net.set_decoding(decoding)
+            {
+                bail!("--decode applies to heatmap models; {model} regresses coordinates");
+            }
             let config = &predictor.model.config;
             if labels.is_some() && !predictor.needs_face_box() {
                 bail!(
@@ -325,6 +445,7 @@ fn run(cli: Cli) -> Result<()> {
                 facemark::report::write_evaluation_figures(
                     dir,
                     prefix,
+                    &predictor.model.net,
                     config,
                     &data,
                     &evaluation,
@@ -404,7 +525,10 @@ fn run(cli: Cli) -> Result<()> {
             facemark::report::write_filters(&predictor.model.net, &out)?;
             eprintln!("wrote {}", out.display());
         }
-        Command::Compare { runs, out } => compare(&runs, &out)?,
+        Command::Compare { runs, out, labels } => match labels {
+            Some(labels) => compare_ced(&runs, &labels, &out)?,
+            None => compare(&runs, &out)?,
+        },
         Command::Ship { run, name } => {
             let loaded =
                 facemark::run::load_trained(&run.to_string_lossy(), &facemark::backend::device())?;
@@ -426,9 +550,8 @@ fn run(cli: Cli) -> Result<()> {
                 TrainConfig::study(model)
             };
             train.batch_size = batch_size;
-            if let (ModelConfig::ResNet(m), Some(size)) = (&mut train.model, size) {
-                m.input_size = size;
-                train.faces.crop.size = size;
+            if let Some(size) = size {
+                train.set_input_size(size);
             }
             if !augment {
                 train.augment = None;
@@ -563,6 +686,44 @@ fn compare(runs: &[PathBuf], out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Evaluates each model on `labels` and draws their inter-ocular CED curves on one plot.
+fn compare_ced(models: &[PathBuf], labels: &Path, out: &Path) -> Result<()> {
+    let images = facemark::dataset::read_labels(labels)?;
+    let mut curves = Vec::new();
+    for model in models {
+        let name = model.to_string_lossy();
+        let predictor = facemark::inference::Predictor::load(&name)?;
+        if !predictor.needs_face_box() {
+            bail!("{name} is not a face-box model: CED curves need 68-point face-box models");
+        }
+        let config = &predictor.model.config;
+        let data = TaskData::faces_for_validation(config, &images)?;
+        let evaluation = facemark::report::evaluate(&predictor.model.net, config, &data);
+        let Some(metrics) = evaluation.summary.landmarks else {
+            bail!("{name} does not predict the 68 iBUG points");
+        };
+        let label = model
+            .file_name()
+            .map_or_else(|| name.to_string(), |f| f.to_string_lossy().into_owned());
+        eprintln!(
+            "{label}: NME {:.2} % (inter-ocular), AUC@0.08 {:.3}",
+            metrics.nme_inter_ocular, metrics.auc_0_08
+        );
+        curves.push(facemark::figures::Curve {
+            label: format!("{label} ({:.2} %)", metrics.nme_inter_ocular),
+            values: metrics.per_image_nme.iter().map(|&v| v as f32).collect(),
+            dashed: false,
+        });
+    }
+    let title = format!(
+        "cumulative error distribution on {}",
+        labels.file_name().unwrap_or_default().to_string_lossy()
+    );
+    facemark::figures::ced_curves(out, &title, &curves, 0.10)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
 /// The runs of one part of the study, each with its flags (as `facemark train` takes them).
 fn study_runs(task: Task) -> Vec<(&'static str, Vec<&'static str>)> {
     match task {
@@ -578,8 +739,16 @@ fn study_runs(task: Task) -> Vec<(&'static str, Vec<&'static str>)> {
             ("no_augment", vec!["--no-augment"]),
             ("best", vec!["--recipe", "best"]),
         ],
-        // Part 3's runs are long (hours on 2 cores): train and evaluate them one by one.
-        Task::Ibug68 => vec![],
+        // About 40 minutes each on 2 cores (resumable: rerun the study to continue).
+        Task::Ibug68 => vec![
+            ("tight", vec!["--recipe", "best"]),
+            (
+                "detector",
+                vec!["--recipe", "best", "--train-boxes", "detector"],
+            ),
+            ("both", vec!["--recipe", "best", "--train-boxes", "both"]),
+        ],
+        Task::Heatmap => vec![],
     }
 }
 
@@ -592,11 +761,14 @@ fn study(task: Task, data_root: &Path, out: &Path, runs_root: &Path) -> Result<(
             task.name()
         );
     }
-    let mut table = String::from(
-        "| run | command | best epoch | val MSE | mean error (px, 640x480) | median (px) | mean shape (px) |\n|---|---|---|---|---|---|---|\n",
-    );
+    let mut table = String::from(if task.crops_faces() {
+        "| run | command | best epoch | val NME (tight boxes) | val NME (detector boxes) | test NME (tight) | test NME (hogbox) | hogbox AUC@0.08 | hogbox failures@0.10 |\n|---|---|---|---|---|---|---|---|---|\n"
+    } else {
+        "| run | command | best epoch | val MSE | mean error (px, 640x480) | median (px) | mean shape (px) |\n|---|---|---|---|---|---|---|\n"
+    });
     let mut run_dirs = Vec::new();
-    let mut data: Option<TaskData> = None;
+    // Runs that crop from other boxes need their own training data.
+    let mut loaded: Option<(facemark::dataset::FaceDataConfig, TaskData)> = None;
     for (name, flags) in study_runs(task) {
         let argv: Vec<String> = ["facemark", "train", task.name()]
             .iter()
@@ -611,30 +783,103 @@ fn study(task: Task, data_root: &Path, out: &Path, runs_root: &Path) -> Result<(
             unreachable!("train flags parse to Train")
         };
         let config = args.config()?;
-        if data.is_none() {
-            data = Some(TaskData::load(&config, data_root)?);
+        if loaded
+            .as_ref()
+            .is_none_or(|(faces, _)| *faces != config.faces)
+        {
+            loaded = Some((config.faces.clone(), TaskData::load(&config, data_root)?));
         }
+        let data = &loaded.as_ref().expect("loaded").1;
         let dir = runs_root.join(task.name()).join(name);
         let resume = RunDir::new(&dir).exists();
-        let summary = train_run(&config, data.as_ref().expect("loaded"), &dir, resume, false)?;
+        let summary = train_run(&config, data, &dir, resume, false)?;
         let state = RunDir::new(&dir).read_state()?;
-        table.push_str(&format!(
-            "| {name} | `facemark train {} {}` | {} | {:.5} | {:.2} | {:.2} | {:.2} |\n",
-            task.name(),
-            flags.join(" "),
-            state.best_epoch.unwrap_or(0),
-            summary.mse,
-            summary.mean_px_error,
-            summary.median_px_error,
-            summary.mean_shape_px_error.unwrap_or(f64::NAN)
-        ));
+        let command = format!("`facemark train {} {}`", task.name(), flags.join(" "));
+        let best_epoch = state.best_epoch.unwrap_or(0);
         copy_results(&dir, &out.join(name))?;
+        if task.crops_faces() {
+            let [val, val_detector, test, hogbox] =
+                face_study_metrics(&dir, data, data_root, &out.join(name))?;
+            table.push_str(&format!(
+                "| {name} | {command} | {best_epoch} | {:.2} % | {:.2} % | {:.2} % | {:.2} % | {:.3} | {:.1} % |\n",
+                val.nme_inter_ocular,
+                val_detector.nme_inter_ocular,
+                test.nme_inter_ocular,
+                hogbox.nme_inter_ocular,
+                hogbox.auc_0_08,
+                100.0 * hogbox.failure_rate_0_10,
+            ));
+        } else {
+            table.push_str(&format!(
+                "| {name} | {command} | {best_epoch} | {:.5} | {:.2} | {:.2} | {:.2} |\n",
+                summary.mse,
+                summary.mean_px_error,
+                summary.median_px_error,
+                summary.mean_shape_px_error.unwrap_or(f64::NAN)
+            ));
+        }
         run_dirs.push(dir);
     }
     compare(&run_dirs, &out.join("comparison.png"))?;
+    if task.crops_faces() {
+        for (labels, figure) in [
+            (TEST_LABELS, "ced_test.png"),
+            (HOGBOX_LABELS, "ced_test_hogbox.png"),
+        ] {
+            compare_ced(&run_dirs, &data_root.join(labels), &out.join(figure))?;
+        }
+    }
     write_atomic(&out.join("summary.md"), table.as_bytes())?;
     println!("{table}");
     Ok(())
+}
+
+/// 300-W's test faces with tight boxes, and with the boxes dlib's HOG detector found (221 of 224).
+const TEST_LABELS: &str = "ibug_300w/labels_300w_test.xml";
+const HOGBOX_LABELS: &str = "ibug_300w/labels_300w_test_hogbox.xml";
+
+/// A face-box run's best model on its validation faces (tight, then detector boxes) and on both
+/// test sets; writes `test.json`, `test_hogbox.json` and their figures into `dest`.
+fn face_study_metrics(
+    run: &Path,
+    data: &TaskData,
+    data_root: &Path,
+    dest: &Path,
+) -> Result<[facemark::eval::LandmarkMetrics; 4]> {
+    let predictor = facemark::inference::Predictor::load(&run.to_string_lossy())?;
+    let (net, config) = (&predictor.model.net, &predictor.model.config);
+    let metrics =
+        |data: &TaskData, name: Option<&str>| -> Result<facemark::eval::LandmarkMetrics> {
+            let evaluation = facemark::report::evaluate(net, config, data);
+            if let Some(name) = name {
+                write_json(&dest.join(format!("{name}.json")), &evaluation.summary)?;
+                let figures = dest.join(name);
+                facemark::report::write_evaluation_figures(
+                    &figures,
+                    name,
+                    net,
+                    config,
+                    data,
+                    &evaluation,
+                )?;
+            }
+            evaluation
+                .summary
+                .landmarks
+                .context("a 68-point model has 300-W metrics")
+        };
+    let detector_boxes =
+        facemark::dataset::read_labels(&data_root.join(TrainingBoxes::DETECTOR_LABELS))?;
+    let test = |labels: &str| -> Result<TaskData> {
+        let images = facemark::dataset::read_labels(&data_root.join(labels))?;
+        Ok(TaskData::faces_for_validation(config, &images)?)
+    };
+    Ok([
+        metrics(data, None)?,
+        metrics(&data.validation_with_boxes(config, &detector_boxes)?, None)?,
+        metrics(&test(TEST_LABELS)?, Some("test"))?,
+        metrics(&test(HOGBOX_LABELS)?, Some("test_hogbox"))?,
+    ])
 }
 
 /// Copies a run's small outputs (config, metrics, evaluation, figures) into `dest`.

@@ -8,12 +8,13 @@ use serde::{Deserialize, Serialize};
 use crate::data::Example;
 use crate::data::ibug::IBUG_POINTS;
 use crate::eval::{
-    LandmarkMetrics, PointErrors, landmark_metrics, mean_shape, point_errors, predict_with_mirror,
+    LandmarkMetrics, PointErrors, images_tensor, landmark_metrics, mean_shape, point_errors,
+    predict_with_mirror,
 };
-use crate::figures::{self, Curve, FigureError, Tile};
-use crate::model::KeypointNet;
+use crate::figures::{self, Curve, FigureError, HeatmapRow, Tile};
+use crate::model::{HeatmapNet, KeypointNet};
 use crate::run::{RunDir, RunError, RunState, write_json};
-use crate::train::{Task, TaskData, TrainConfig, batch_examples};
+use crate::train::{TaskData, TrainConfig, batch_examples};
 
 /// The metrics `facemark eval` prints and `eval.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,7 +46,6 @@ pub struct Evaluation {
     pub predicted: Vec<Vec<crate::data::Point>>,
     /// Errors in photo pixels.
     pub errors: PointErrors,
-    /// The mean training shape placed in each validation crop, in photo pixels.
     /// The mean training shape's 300-W metrics, when both are known.
     pub mean_shape_landmarks: Option<LandmarkMetrics>,
 }
@@ -66,8 +66,7 @@ pub fn evaluate(net: &KeypointNet, config: &TrainConfig, data: &TaskData) -> Eva
     let baseline = baseline_px
         .as_ref()
         .map(|b| point_errors(b, &truth_px, (1.0, 1.0)));
-    let is_68 =
-        truth.first().is_some_and(|t| t.len() == IBUG_POINTS) && config.task == Task::Ibug68;
+    let is_68 = truth.first().is_some_and(|t| t.len() == IBUG_POINTS) && config.task.crops_faces();
     let mean_shape_landmarks = baseline_px
         .as_ref()
         .filter(|_| is_68)
@@ -124,7 +123,8 @@ pub fn write_report(
         },
     ];
     let title = format!("{}: loss per epoch", config.task.name());
-    figures::loss_curves(&run.figure("loss.png"), &title, "loss (MSE)", &curves)?;
+    let y_label = format!("loss ({})", config.model.loss_name());
+    figures::loss_curves(&run.figure("loss.png"), &title, &y_label, &curves)?;
 
     let scale = (320 / data.train[0].width).max(1) as u32;
     // Training images as the network sees them (augmented when the recipe augments).
@@ -141,17 +141,19 @@ pub fn write_report(
     figures::landmark_grid(&run.figure("train_samples.png"), &tiles, 4, scale)?;
 
     let figures_dir = run.figure("");
-    write_evaluation_figures(&figures_dir, "val", config, data, &evaluation)?;
+    write_evaluation_figures(&figures_dir, "val", net, config, data, &evaluation)?;
     write_filters(net, &run.figure("filters.png"))?;
     Ok(evaluation.summary)
 }
 
 /// Draws an evaluation's figures into `dir`: `{prefix}_best.png` and `{prefix}_worst.png` (six
 /// faces each, ranked by inter-ocular NME for 68-point models, else by mean pixel error),
-/// `per_point_error.png` and, for 68-point models, `ced.png` against the mean shape.
+/// `per_point_error.png`, for 68-point models `ced.png` against the mean shape, and for heatmap
+/// models `{prefix}_heatmaps.png`.
 pub fn write_evaluation_figures(
     dir: &Path,
     prefix: &str,
+    net: &KeypointNet,
     config: &TrainConfig,
     data: &TaskData,
     evaluation: &Evaluation,
@@ -168,6 +170,19 @@ pub fn write_evaluation_figures(
     let score = |i: usize| nme.map_or(evaluation.errors.per_image_px[i], |n| n[i]);
     let mut ranked: Vec<usize> = (0..data.val.len()).collect();
     ranked.sort_by(|&a, &b| score(a).total_cmp(&score(b)));
+    if let KeypointNet::Heatmap(heatmap_net) = net {
+        // The best, the median and the worst face.
+        let shown = [
+            ranked[0],
+            ranked[ranked.len() / 2],
+            ranked[ranked.len() - 1],
+        ];
+        let rows = heatmap_rows(heatmap_net, data, &shown, evaluation, &|i| match nme {
+            Some(n) => format!("{}  NME {:.1} %", data.val_names[i], 100.0 * n[i]),
+            None => data.val_names[i].clone(),
+        });
+        figures::heatmap_grid(&dir.join(format!("{prefix}_heatmaps.png")), &rows, scale)?;
+    }
     let cases = |order: &[usize]| -> Vec<Tile> {
         order
             .iter()
@@ -249,6 +264,57 @@ fn ced_range(nme: &[f64]) -> f32 {
     } else {
         ((p95 / 0.05).ceil() * 0.05).min(0.5) as f32
     }
+}
+
+/// iBUG landmarks whose single maps the heatmap figure shows, with their names.
+const SHOWN_MAPS: [(usize, &str); 4] = [
+    (8, "chin"),
+    (30, "nose tip"),
+    (36, "eye corner"),
+    (48, "mouth corner"),
+];
+
+/// For each of `shown` (validation indices): the face with its decoded points, all maps summed,
+/// and the single maps of [`SHOWN_MAPS`] (those that exist).
+fn heatmap_rows(
+    net: &HeatmapNet,
+    data: &TaskData,
+    shown: &[usize],
+    evaluation: &Evaluation,
+    caption: &dyn Fn(usize) -> String,
+) -> Vec<HeatmapRow> {
+    let device = crate::backend::device();
+    let examples: Vec<Example> = shown.iter().map(|&i| data.val[i].clone()).collect();
+    let maps = net.heatmaps(images_tensor(&examples, &device));
+    let [_, k, h, w] = maps.dims();
+    let values: Vec<f32> = maps
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .unwrap_or_default();
+    shown
+        .iter()
+        .zip(values.chunks(k * h * w))
+        .map(|(&i, face_maps)| {
+            let per_point: Vec<&[f32]> = face_maps.chunks(h * w).collect();
+            let mut all = vec![0.0f32; h * w];
+            for map in &per_point {
+                all.iter_mut().zip(*map).for_each(|(a, v)| *a += v);
+            }
+            let mut maps = vec![("all points".to_string(), all)];
+            maps.extend(
+                SHOWN_MAPS
+                    .iter()
+                    .filter(|(p, _)| *p < k)
+                    .map(|&(p, name)| (format!("{p}: {name}"), per_point[p].to_vec())),
+            );
+            HeatmapRow {
+                face: tile(&data.val[i], Some(&evaluation.predicted[i]), caption(i)),
+                maps,
+                map_size: (w, h),
+            }
+        })
+        .collect()
 }
 
 /// Draws the first convolution's filters as a grid of images.

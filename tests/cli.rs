@@ -470,3 +470,180 @@ fn resnet_beats_the_mean_shape_on_300w_after_short_training() {
     assert!(csv.starts_with("Id,Predicted\n1,"));
     assert_eq!(csv.lines().count(), 1 + 224 * 136);
 }
+
+/// The recipe `facemark train ARGS --print-config` resolves to.
+fn printed_recipe(args: &[&str]) -> Result<serde_json::Value, String> {
+    let mut all = vec!["train"];
+    all.extend_from_slice(args);
+    all.push("--print-config");
+    let out = facemark(Path::new("no-data-needed"), &all);
+    if out.status.success() {
+        Ok(serde_json::from_str(&stdout(&out)).expect("JSON recipe"))
+    } else {
+        Err(stderr(&out))
+    }
+}
+
+#[test]
+fn train_flags_shape_the_recipe() {
+    let resnet = printed_recipe(&["ibug68", "--recipe", "best", "--size", "112"]).unwrap();
+    assert_eq!(resnet["model"]["input_size"], 112);
+    assert_eq!(resnet["faces"]["crop"]["size"], 112);
+
+    let both = printed_recipe(&["ibug68", "--train-boxes", "both"]).unwrap();
+    let boxes = both["faces"]["training_boxes"].as_array().unwrap();
+    assert_eq!(boxes.len(), 2);
+    assert!(
+        boxes[1]
+            .as_str()
+            .unwrap()
+            .ends_with("labels_300w_train_hogbox.xml")
+    );
+
+    let heatmap = printed_recipe(&["heatmap", "--target", "binary", "--radius", "1.5"]).unwrap();
+    assert_eq!(heatmap["model"]["target"]["kind"], "binary");
+    assert_eq!(heatmap["model"]["target"]["radius"], 1.5);
+    assert_eq!(heatmap["learning_rate"], 5e-4);
+    assert_eq!(heatmap["model"]["loss"], "cross_entropy");
+    let mse = printed_recipe(&["heatmap", "--heatmap-loss", "mse", "--size", "96"]).unwrap();
+    assert_eq!(mse["model"]["loss"], "mse");
+    assert_eq!(mse["model"]["unet"]["input_size"], 96);
+
+    let misplaced = printed_recipe(&["nose", "--train-boxes", "both"]).unwrap_err();
+    assert!(misplaced.contains("--train-boxes"), "{misplaced}");
+    let misplaced = printed_recipe(&["ibug68", "--target", "binary"]).unwrap_err();
+    assert!(misplaced.contains("heatmap"), "{misplaced}");
+    let indivisible = printed_recipe(&["heatmap", "--size", "100"]).unwrap_err();
+    assert!(indivisible.contains("100"), "{indivisible}");
+}
+
+#[test]
+fn detector_boxes_replace_or_join_the_tight_ones() {
+    let Some(data) = data_dir() else { return };
+    if !data.join("ibug_300w").is_dir() {
+        eprintln!("SKIPPED: no ibug_300w in {}", data.display());
+        return;
+    }
+    let mut config = TrainConfig::best(Task::Ibug68);
+    config.set_input_size(32);
+    let tight = TaskData::load(&config, &data).unwrap();
+    assert!(tight.train_sources.iter().all(|s| s.boxes.is_empty()));
+
+    let hogbox = PathBuf::from("ibug_300w/labels_300w_train_hogbox.xml");
+    config.faces.training_boxes = vec![hogbox.clone()];
+    let detector = TaskData::load(&config, &data).unwrap();
+    // The detector missed 129 of the 2012 faces; those leave training, validation stays.
+    assert_eq!(detector.val_names, tight.val_names);
+    let (n_tight, n_detector) = (tight.train.len(), detector.train.len());
+    assert!(
+        n_detector < n_tight && n_detector > n_tight * 9 / 10,
+        "{n_detector} of {n_tight}"
+    );
+    for source in &detector.train_sources {
+        assert_eq!(source.boxes.len(), 1);
+        assert_ne!(
+            source.boxes[0],
+            source.face.bbox,
+            "{}",
+            source.photo.display()
+        );
+    }
+
+    config.faces.training_boxes = vec![config.faces.labels.clone(), hogbox];
+    let both = TaskData::load(&config, &data).unwrap();
+    assert_eq!(both.train.len(), n_tight);
+    let with_two = both
+        .train_sources
+        .iter()
+        .filter(|s| s.boxes.len() == 2)
+        .count();
+    assert_eq!(with_two, n_detector);
+    assert!(both.train_sources.iter().all(|s| s.boxes[0] == s.face.bbox));
+}
+
+#[test]
+fn heatmap_unet_beats_the_mean_shape_on_300w_after_short_training() {
+    let Some(data) = data_dir() else { return };
+    if !data.join("ibug_300w").is_dir() {
+        eprintln!("SKIPPED: no ibug_300w in {}", data.display());
+        return;
+    }
+    // A slim U-Net at 64x64 so the check takes a minute; the shipped recipe is larger.
+    let mut config = TrainConfig::best(Task::Heatmap);
+    config.set_input_size(64);
+    if let facemark::model::ModelConfig::Heatmap(net) = &mut config.model {
+        net.unet.base_width = 8;
+        net.unet.depth = 3;
+    }
+    config.epochs = 4;
+    config.learning_rate = 1e-3;
+    config.augment = None;
+    let BriefRun {
+        dir,
+        run,
+        data: task_data,
+        outcome,
+        summary,
+    } = train_briefly(&config, &data);
+    let losses: Vec<f64> = outcome.state.history.iter().map(|r| r.train_loss).collect();
+    assert!(losses[losses.len() - 1] < losses[0], "{losses:?}");
+    // The shape prior was measured on the training crops and stored with the run.
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.config()).unwrap()).unwrap();
+    let prior = &stored["model"]["shape_prior"];
+    assert_eq!(prior["mean"].as_array().unwrap().len(), 68, "{prior}");
+    let nose = prior["mean"][30].as_array().unwrap();
+    assert!(
+        (nose[0].as_f64().unwrap() - 0.5).abs() < 0.05,
+        "nose tip {nose:?}"
+    );
+    let nme = summary.landmarks.as_ref().unwrap().nme_inter_ocular;
+    let mean_shape = summary.mean_shape_nme_inter_ocular.unwrap();
+    eprintln!("NME {nme:.2} % vs mean shape {mean_shape:.2} %");
+    assert!(
+        nme < 0.85 * mean_shape,
+        "NME {nme:.2} % should clearly beat the mean shape's {mean_shape:.2} %"
+    );
+
+    facemark::report::write_report(&run, &config, &task_data, &outcome.state, &outcome.best)
+        .unwrap();
+    assert!(run.figure("val_heatmaps.png").is_file());
+    let run_str = dir.path().to_str().unwrap();
+    let test_xml = data.join("ibug_300w/labels_300w_test.xml");
+    let nme_with = |decode: &str| {
+        let out = facemark(
+            &data,
+            &[
+                "eval",
+                "--model",
+                run_str,
+                "--labels",
+                test_xml.to_str().unwrap(),
+                "--json",
+                "--decode",
+                decode,
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let eval: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        eval["nme_inter_ocular"].as_f64().unwrap()
+    };
+    let (argmax, subpixel) = (nme_with("argmax"), nme_with("subpixel"));
+    eprintln!("test NME: argmax {argmax:.2} %, sub-pixel {subpixel:.2} %");
+    assert_ne!(argmax, subpixel);
+
+    let ced = dir.path().join("ced.png");
+    let out = facemark(
+        &data,
+        &[
+            "compare",
+            run_str,
+            "--labels",
+            test_xml.to_str().unwrap(),
+            "--out",
+            ced.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(ced.is_file());
+}

@@ -1,14 +1,20 @@
 //! Keypoint networks. Every model maps a batch of grayscale images `[batch, 1, H, W]` to landmark
-//! coordinates `[batch, 2K]` (x0, y0, x1, y1, ...) as fractions of width and height.
+//! coordinates `[batch, 2K]` (x0, y0, x1, y1, ...) as fractions of width and height: regression
+//! networks directly, the heatmap network by decoding its maps.
 
+pub mod heatmap_net;
 pub mod imm_net;
 pub mod nose_net;
 pub mod resnet;
 pub mod unet;
 
+use burn::nn::loss::{MseLoss, Reduction};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::data::Example;
+
+pub use heatmap_net::{Decoding, HeatmapLoss, HeatmapNet, HeatmapNetConfig};
 pub use imm_net::{ImmNet, ImmNetConfig, Pooling};
 pub use nose_net::{NoseNet, NoseNetConfig};
 pub use resnet::{ResNet, ResNetConfig};
@@ -21,6 +27,7 @@ pub enum ModelConfig {
     NoseNet(NoseNetConfig),
     ImmNet(ImmNetConfig),
     ResNet(ResNetConfig),
+    Heatmap(HeatmapNetConfig),
 }
 
 impl ModelConfig {
@@ -29,6 +36,18 @@ impl ModelConfig {
             ModelConfig::NoseNet(c) => KeypointNet::Nose(c.init(device)),
             ModelConfig::ImmNet(c) => KeypointNet::Imm(c.init(device)),
             ModelConfig::ResNet(c) => KeypointNet::ResNet(c.init(device)),
+            ModelConfig::Heatmap(c) => KeypointNet::Heatmap(c.init(device)),
+        }
+    }
+
+    /// What the network is trained with, for axis labels.
+    pub fn loss_name(&self) -> &'static str {
+        match self {
+            ModelConfig::Heatmap(c) => match c.loss {
+                HeatmapLoss::CrossEntropy => "heatmap cross-entropy",
+                HeatmapLoss::Mse => "heatmap MSE",
+            },
+            _ => "MSE",
         }
     }
 
@@ -38,6 +57,7 @@ impl ModelConfig {
             ModelConfig::NoseNet(c) => (c.input_width, c.input_height),
             ModelConfig::ImmNet(c) => (c.input_width, c.input_height),
             ModelConfig::ResNet(c) => (c.input_size, c.input_size),
+            ModelConfig::Heatmap(c) => (c.unet.input_size, c.unet.input_size),
         }
     }
 }
@@ -50,6 +70,7 @@ pub enum KeypointNet {
     Nose(NoseNet),
     Imm(ImmNet),
     ResNet(ResNet),
+    Heatmap(HeatmapNet),
 }
 
 impl KeypointNet {
@@ -59,6 +80,30 @@ impl KeypointNet {
             KeypointNet::Nose(m) => m.forward(images),
             KeypointNet::Imm(m) => m.forward(images),
             KeypointNet::ResNet(m) => m.forward(images),
+            KeypointNet::Heatmap(m) => m.forward(images),
+        }
+    }
+
+    /// The training loss on `images` made from `examples`: MSE of the coordinates for regression
+    /// networks, the heatmap loss for the heatmap network.
+    pub fn loss(&self, images: Tensor<4>, examples: &[Example]) -> Tensor<1> {
+        match self {
+            KeypointNet::Heatmap(m) => m.loss(images, examples),
+            _ => {
+                let targets = crate::eval::targets_tensor(examples, &images.device());
+                MseLoss::new().forward(self.forward(images), targets, Reduction::Mean)
+            }
+        }
+    }
+
+    /// Switches a heatmap network's decoding; `false` (and no change) for regression networks.
+    pub fn set_decoding(&mut self, decoding: Decoding) -> bool {
+        match self {
+            KeypointNet::Heatmap(m) => {
+                m.set_decoding(decoding);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -68,6 +113,7 @@ impl KeypointNet {
             KeypointNet::Nose(m) => m.conv1.weight.val(),
             KeypointNet::Imm(m) => m.convs[0].weight.val(),
             KeypointNet::ResNet(m) => m.stem_conv.weight.val(),
+            KeypointNet::Heatmap(m) => m.unet.first_filters(),
         }
     }
 }

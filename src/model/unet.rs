@@ -114,6 +114,11 @@ impl UNetConfig {
 }
 
 impl UNet {
+    /// Weights of the first convolution, `[out_channels, 1, 3, 3]`.
+    pub fn first_filters(&self) -> Tensor<4> {
+        self.encoders[0].conv1.weight.val()
+    }
+
     /// `[batch, 1, H, W] -> [batch, K, H, W]`: one logit map per landmark (H and W divisible by
     /// `2^depth`).
     pub fn forward(&self, images: Tensor<4>) -> Tensor<4> {
