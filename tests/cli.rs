@@ -22,6 +22,28 @@ fn data_dir() -> Option<PathBuf> {
     }
 }
 
+/// The data folder if it holds 300-W too.
+fn ibug_data_dir() -> Option<PathBuf> {
+    let data = data_dir()?;
+    if data.join("ibug_300w").is_dir() {
+        Some(data)
+    } else {
+        eprintln!("SKIPPED: no ibug_300w in {}", data.display());
+        None
+    }
+}
+
+/// A 68-point model's inter-ocular NME must be well under the mean shape's.
+fn assert_clearly_beats_the_mean_shape(summary: &facemark::report::EvalSummary) {
+    let nme = summary.landmarks.as_ref().unwrap().nme_inter_ocular;
+    let mean_shape = summary.mean_shape_nme_inter_ocular.unwrap();
+    eprintln!("NME {nme:.2} % vs mean shape {mean_shape:.2} %");
+    assert!(
+        nme < 0.85 * mean_shape,
+        "NME {nme:.2} % should clearly beat the mean shape's {mean_shape:.2} %"
+    );
+}
+
 fn facemark(data: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_facemark"))
         .arg("--data")
@@ -333,11 +355,7 @@ fn shipped_imm58_model_predicts_all_58_points() {
 
 #[test]
 fn resnet_beats_the_mean_shape_on_300w_after_short_training() {
-    let Some(data) = data_dir() else { return };
-    if !data.join("ibug_300w").is_dir() {
-        eprintln!("SKIPPED: no ibug_300w in {}", data.display());
-        return;
-    }
+    let Some(data) = ibug_data_dir() else { return };
     // A slim ResNet18 at 64x64 so the check takes seconds; the real recipe is 224x224, width 64.
     let mut config = TrainConfig::study(Task::Ibug68);
     config.faces.crop.size = 64;
@@ -356,13 +374,7 @@ fn resnet_beats_the_mean_shape_on_300w_after_short_training() {
         summary,
     } = train_briefly(&config, &data);
     assert_eq!(task_data.train.len() + task_data.val.len(), 2012);
-    let nme = summary.landmarks.as_ref().unwrap().nme_inter_ocular;
-    let mean_shape = summary.mean_shape_nme_inter_ocular.unwrap();
-    eprintln!("NME {nme:.2} % vs mean shape {mean_shape:.2} %");
-    assert!(
-        nme < 0.85 * mean_shape,
-        "NME {nme:.2} % should clearly beat the mean shape's {mean_shape:.2} %"
-    );
+    assert_clearly_beats_the_mean_shape(&summary);
 
     // The run's report, then the CLI on it: eval on another label set, predict from boxes, export.
     facemark::report::write_report(&run, &config, &task_data, &outcome.state, &outcome.best)
@@ -519,11 +531,7 @@ fn train_flags_shape_the_recipe() {
 
 #[test]
 fn detector_boxes_replace_or_join_the_tight_ones() {
-    let Some(data) = data_dir() else { return };
-    if !data.join("ibug_300w").is_dir() {
-        eprintln!("SKIPPED: no ibug_300w in {}", data.display());
-        return;
-    }
+    let Some(data) = ibug_data_dir() else { return };
     let mut config = TrainConfig::best(Task::Ibug68);
     config.set_input_size(32);
     let tight = TaskData::load(&config, &data).unwrap();
@@ -563,11 +571,7 @@ fn detector_boxes_replace_or_join_the_tight_ones() {
 
 #[test]
 fn heatmap_unet_beats_the_mean_shape_on_300w_after_short_training() {
-    let Some(data) = data_dir() else { return };
-    if !data.join("ibug_300w").is_dir() {
-        eprintln!("SKIPPED: no ibug_300w in {}", data.display());
-        return;
-    }
+    let Some(data) = ibug_data_dir() else { return };
     // A slim U-Net at 64x64 so the check takes a minute; the shipped recipe is larger.
     let mut config = TrainConfig::best(Task::Heatmap);
     config.set_input_size(64);
@@ -597,13 +601,7 @@ fn heatmap_unet_beats_the_mean_shape_on_300w_after_short_training() {
         (nose[0].as_f64().unwrap() - 0.5).abs() < 0.05,
         "nose tip {nose:?}"
     );
-    let nme = summary.landmarks.as_ref().unwrap().nme_inter_ocular;
-    let mean_shape = summary.mean_shape_nme_inter_ocular.unwrap();
-    eprintln!("NME {nme:.2} % vs mean shape {mean_shape:.2} %");
-    assert!(
-        nme < 0.85 * mean_shape,
-        "NME {nme:.2} % should clearly beat the mean shape's {mean_shape:.2} %"
-    );
+    assert_clearly_beats_the_mean_shape(&summary);
 
     facemark::report::write_report(&run, &config, &task_data, &outcome.state, &outcome.best)
         .unwrap();
