@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use facemark::data::FaceBox;
+use facemark::eval::LandmarkMetrics;
 use facemark::heatmap::HeatmapTarget;
 use facemark::model::{Decoding, HeatmapLoss, ModelConfig, Pooling};
 use facemark::run::{RunDir, write_atomic, write_json};
@@ -748,7 +749,24 @@ fn study_runs(task: Task) -> Vec<(&'static str, Vec<&'static str>)> {
             ),
             ("both", vec!["--recipe", "best", "--train-boxes", "both"]),
         ],
-        Task::Heatmap => vec![],
+        // About an hour each on 2 cores.
+        Task::Heatmap => vec![
+            (
+                "gaussian",
+                vec!["--recipe", "best", "--train-boxes", "both"],
+            ),
+            (
+                "binary",
+                vec![
+                    "--recipe",
+                    "best",
+                    "--train-boxes",
+                    "both",
+                    "--target",
+                    "binary",
+                ],
+            ),
+        ],
     }
 }
 
@@ -761,10 +779,16 @@ fn study(task: Task, data_root: &Path, out: &Path, runs_root: &Path) -> Result<(
             task.name()
         );
     }
-    let mut table = String::from(if task.crops_faces() {
-        "| run | command | best epoch | val NME (tight boxes) | val NME (detector boxes) | test NME (tight) | test NME (hogbox) | hogbox AUC@0.08 | hogbox failures@0.10 |\n|---|---|---|---|---|---|---|---|---|\n"
-    } else {
-        "| run | command | best epoch | val MSE | mean error (px, 640x480) | median (px) | mean shape (px) |\n|---|---|---|---|---|---|---|\n"
+    let mut table = String::from(match task {
+        Task::Heatmap => {
+            "| run | command | best epoch | val NME (tight boxes) | val NME (detector boxes) | test NME (tight) | test NME (hogbox) | hogbox AUC@0.08 | hogbox failures@0.10 | test NME, argmax (tight) | test NME, argmax (hogbox) |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+        }
+        Task::Ibug68 => {
+            "| run | command | best epoch | val NME (tight boxes) | val NME (detector boxes) | test NME (tight) | test NME (hogbox) | hogbox AUC@0.08 | hogbox failures@0.10 |\n|---|---|---|---|---|---|---|---|---|\n"
+        }
+        Task::Nose | Task::Imm58 => {
+            "| run | command | best epoch | val MSE | mean error (px, 640x480) | median (px) | mean shape (px) |\n|---|---|---|---|---|---|---|\n"
+        }
     });
     let mut run_dirs = Vec::new();
     // Runs that crop from other boxes need their own training data.
@@ -798,16 +822,24 @@ fn study(task: Task, data_root: &Path, out: &Path, runs_root: &Path) -> Result<(
         let best_epoch = state.best_epoch.unwrap_or(0);
         copy_results(&dir, &out.join(name))?;
         if task.crops_faces() {
-            let [val, val_detector, test, hogbox] =
-                face_study_metrics(&dir, data, data_root, &out.join(name))?;
+            let m = face_study_metrics(&dir, data, data_root, &out.join(name))?;
+            let argmax = m
+                .argmax
+                .map(|[test, hogbox]| {
+                    format!(
+                        " {:.2} % | {:.2} % |",
+                        test.nme_inter_ocular, hogbox.nme_inter_ocular
+                    )
+                })
+                .unwrap_or_default();
             table.push_str(&format!(
-                "| {name} | {command} | {best_epoch} | {:.2} % | {:.2} % | {:.2} % | {:.2} % | {:.3} | {:.1} % |\n",
-                val.nme_inter_ocular,
-                val_detector.nme_inter_ocular,
-                test.nme_inter_ocular,
-                hogbox.nme_inter_ocular,
-                hogbox.auc_0_08,
-                100.0 * hogbox.failure_rate_0_10,
+                "| {name} | {command} | {best_epoch} | {:.2} % | {:.2} % | {:.2} % | {:.2} % | {:.3} | {:.1} % |{argmax}\n",
+                m.val.nme_inter_ocular,
+                m.val_detector.nme_inter_ocular,
+                m.test.nme_inter_ocular,
+                m.hogbox.nme_inter_ocular,
+                m.hogbox.auc_0_08,
+                100.0 * m.hogbox.failure_rate_0_10,
             ));
         } else {
             table.push_str(&format!(
@@ -822,11 +854,16 @@ fn study(task: Task, data_root: &Path, out: &Path, runs_root: &Path) -> Result<(
     }
     compare(&run_dirs, &out.join("comparison.png"))?;
     if task.crops_faces() {
+        // Heatmap curves against the shipped ResNet18 (Part 3), when there is one.
+        let mut models = run_dirs.clone();
+        if task == Task::Heatmap && facemark::run::models_dir().join("ibug68").is_dir() {
+            models.push(PathBuf::from("ibug68"));
+        }
         for (labels, figure) in [
             (TEST_LABELS, "ced_test.png"),
             (HOGBOX_LABELS, "ced_test_hogbox.png"),
         ] {
-            compare_ced(&run_dirs, &data_root.join(labels), &out.join(figure))?;
+            compare_ced(&models, &data_root.join(labels), &out.join(figure))?;
         }
     }
     write_atomic(&out.join("summary.md"), table.as_bytes())?;
@@ -838,6 +875,17 @@ fn study(task: Task, data_root: &Path, out: &Path, runs_root: &Path) -> Result<(
 const TEST_LABELS: &str = "ibug_300w/labels_300w_test.xml";
 const HOGBOX_LABELS: &str = "ibug_300w/labels_300w_test_hogbox.xml";
 
+/// A face-box run's best model measured for the study table.
+struct FaceStudyMetrics {
+    val: LandmarkMetrics,
+    /// The validation faces cropped from the detector's boxes.
+    val_detector: LandmarkMetrics,
+    test: LandmarkMetrics,
+    hogbox: LandmarkMetrics,
+    /// Heatmap models: the test sets again with argmax decoding.
+    argmax: Option<[LandmarkMetrics; 2]>,
+}
+
 /// A face-box run's best model on its validation faces (tight, then detector boxes) and on both
 /// test sets; writes `test.json`, `test_hogbox.json` and their figures into `dest`.
 fn face_study_metrics(
@@ -845,41 +893,58 @@ fn face_study_metrics(
     data: &TaskData,
     data_root: &Path,
     dest: &Path,
-) -> Result<[facemark::eval::LandmarkMetrics; 4]> {
-    let predictor = facemark::inference::Predictor::load(&run.to_string_lossy())?;
-    let (net, config) = (&predictor.model.net, &predictor.model.config);
-    let metrics =
-        |data: &TaskData, name: Option<&str>| -> Result<facemark::eval::LandmarkMetrics> {
-            let evaluation = facemark::report::evaluate(net, config, data);
-            if let Some(name) = name {
-                write_json(&dest.join(format!("{name}.json")), &evaluation.summary)?;
-                let figures = dest.join(name);
-                facemark::report::write_evaluation_figures(
-                    &figures,
-                    name,
-                    net,
-                    config,
-                    data,
-                    &evaluation,
-                )?;
-            }
-            evaluation
-                .summary
-                .landmarks
-                .context("a 68-point model has 300-W metrics")
-        };
+) -> Result<FaceStudyMetrics> {
+    let mut predictor = facemark::inference::Predictor::load(&run.to_string_lossy())?;
+    let config = predictor.model.config.clone();
+    let metrics = |net: &facemark::model::KeypointNet,
+                   data: &TaskData,
+                   name: Option<&str>|
+     -> Result<LandmarkMetrics> {
+        let evaluation = facemark::report::evaluate(net, &config, data);
+        if let Some(name) = name {
+            write_json(&dest.join(format!("{name}.json")), &evaluation.summary)?;
+            let figures = dest.join(name);
+            facemark::report::write_evaluation_figures(
+                &figures,
+                name,
+                net,
+                &config,
+                data,
+                &evaluation,
+            )?;
+        }
+        evaluation
+            .summary
+            .landmarks
+            .context("a 68-point model has 300-W metrics")
+    };
     let detector_boxes =
         facemark::dataset::read_labels(&data_root.join(TrainingBoxes::DETECTOR_LABELS))?;
     let test = |labels: &str| -> Result<TaskData> {
         let images = facemark::dataset::read_labels(&data_root.join(labels))?;
-        Ok(TaskData::faces_for_validation(config, &images)?)
+        Ok(TaskData::faces_for_validation(&config, &images)?)
     };
-    Ok([
-        metrics(data, None)?,
-        metrics(&data.validation_with_boxes(config, &detector_boxes)?, None)?,
-        metrics(&test(TEST_LABELS)?, Some("test"))?,
-        metrics(&test(HOGBOX_LABELS)?, Some("test_hogbox"))?,
-    ])
+    let (test_data, hogbox_data) = (test(TEST_LABELS)?, test(HOGBOX_LABELS)?);
+    let net = &predictor.model.net;
+    let mut measured = FaceStudyMetrics {
+        val: metrics(net, data, None)?,
+        val_detector: metrics(
+            net,
+            &data.validation_with_boxes(&config, &detector_boxes)?,
+            None,
+        )?,
+        test: metrics(net, &test_data, Some("test"))?,
+        hogbox: metrics(net, &hogbox_data, Some("test_hogbox"))?,
+        argmax: None,
+    };
+    if predictor.model.net.set_decoding(Decoding::Argmax) {
+        let net = &predictor.model.net;
+        measured.argmax = Some([
+            metrics(net, &test_data, None)?,
+            metrics(net, &hogbox_data, None)?,
+        ]);
+    }
+    Ok(measured)
 }
 
 /// Copies a run's small outputs (config, metrics, evaluation, figures) into `dest`.
