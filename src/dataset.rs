@@ -19,6 +19,10 @@ use crate::data::imm::{self, IMM_IMAGE_SIZE};
 use crate::data::{AnnotatedFace, DataError, Example, FaceBox, LabeledImage, Point, load_gray};
 use crate::train::{Task, TrainConfig};
 
+/// 300-W's training faces with the boxes dlib's HOG detector found (1883 of 2012), relative to the
+/// data folder.
+pub const DETECTOR_TRAIN_LABELS: &str = "ibug_300w/labels_300w_train_hogbox.xml";
+
 /// Where a face-box task (300-W) finds its faces and how it crops them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

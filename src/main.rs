@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use facemark::data::FaceBox;
+use facemark::dataset::DETECTOR_TRAIN_LABELS;
 use facemark::eval::LandmarkMetrics;
 use facemark::heatmap::HeatmapTarget;
 use facemark::model::{Decoding, HeatmapLoss, ModelConfig, Pooling};
@@ -230,13 +231,11 @@ enum TrainingBoxes {
 }
 
 impl TrainingBoxes {
-    const DETECTOR_LABELS: &str = "ibug_300w/labels_300w_train_hogbox.xml";
-
     fn label_files(self, labels: &Path) -> Vec<PathBuf> {
         match self {
             TrainingBoxes::Tight => vec![],
-            TrainingBoxes::Detector => vec![Self::DETECTOR_LABELS.into()],
-            TrainingBoxes::Both => vec![labels.to_owned(), Self::DETECTOR_LABELS.into()],
+            TrainingBoxes::Detector => vec![DETECTOR_TRAIN_LABELS.into()],
+            TrainingBoxes::Both => vec![labels.to_owned(), DETECTOR_TRAIN_LABELS.into()],
         }
     }
 }
@@ -742,30 +741,17 @@ fn study_runs(task: Task) -> Vec<(&'static str, Vec<&'static str>)> {
         ],
         // About 40 minutes each on 2 cores (resumable: rerun the study to continue).
         Task::Ibug68 => vec![
-            ("tight", vec!["--recipe", "best"]),
+            ("tight", vec!["--recipe", "best", "--train-boxes", "tight"]),
             (
                 "detector",
                 vec!["--recipe", "best", "--train-boxes", "detector"],
             ),
-            ("both", vec!["--recipe", "best", "--train-boxes", "both"]),
+            ("both", vec!["--recipe", "best"]),
         ],
         // About an hour each on 2 cores.
         Task::Heatmap => vec![
-            (
-                "gaussian",
-                vec!["--recipe", "best", "--train-boxes", "both"],
-            ),
-            (
-                "binary",
-                vec![
-                    "--recipe",
-                    "best",
-                    "--train-boxes",
-                    "both",
-                    "--target",
-                    "binary",
-                ],
-            ),
+            ("gaussian", vec!["--recipe", "best"]),
+            ("binary", vec!["--recipe", "best", "--target", "binary"]),
         ],
     }
 }
@@ -918,8 +904,7 @@ fn face_study_metrics(
             .landmarks
             .context("a 68-point model has 300-W metrics")
     };
-    let detector_boxes =
-        facemark::dataset::read_labels(&data_root.join(TrainingBoxes::DETECTOR_LABELS))?;
+    let detector_boxes = facemark::dataset::read_labels(&data_root.join(DETECTOR_TRAIN_LABELS))?;
     let test = |labels: &str| -> Result<TaskData> {
         let images = facemark::dataset::read_labels(&data_root.join(labels))?;
         Ok(TaskData::faces_for_validation(&config, &images)?)

@@ -502,7 +502,7 @@ fn train_flags_shape_the_recipe() {
     assert_eq!(resnet["model"]["input_size"], 112);
     assert_eq!(resnet["faces"]["crop"]["size"], 112);
 
-    let both = printed_recipe(&["ibug68", "--train-boxes", "both"]).unwrap();
+    let both = printed_recipe(&["ibug68", "--recipe", "best"]).unwrap();
     let boxes = both["faces"]["training_boxes"].as_array().unwrap();
     assert_eq!(boxes.len(), 2);
     assert!(
@@ -644,4 +644,34 @@ fn heatmap_unet_beats_the_mean_shape_on_300w_after_short_training() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(ced.is_file());
+}
+
+#[test]
+fn shipped_ibug68_model_meets_the_bar_on_both_300w_test_sets() {
+    let Some(data) = ibug_data_dir() else { return };
+    for (labels, faces) in [
+        ("labels_300w_test.xml", 224),
+        ("labels_300w_test_hogbox.xml", 221),
+    ] {
+        let path = data.join("ibug_300w").join(labels);
+        let out = facemark(
+            &data,
+            &[
+                "eval",
+                "--model",
+                "ibug68",
+                "--labels",
+                path.to_str().unwrap(),
+                "--json",
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let eval: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(eval["count"], faces);
+        let nme = eval["nme_inter_ocular"].as_f64().unwrap();
+        assert!(
+            nme <= 6.0,
+            "{labels}: inter-ocular NME {nme:.2} % (bar: 6.0 %)"
+        );
+    }
 }
