@@ -44,6 +44,22 @@ fn assert_clearly_beats_the_mean_shape(summary: &facemark::report::EvalSummary) 
     );
 }
 
+/// `facemark eval --model MODEL --labels LABELS --json EXTRA...`, which must succeed.
+fn eval_on_labels(data: &Path, model: &str, labels: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "eval",
+        "--model",
+        model,
+        "--labels",
+        labels.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = facemark(data, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_str(&stdout(&out)).unwrap()
+}
+
 fn facemark(data: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_facemark"))
         .arg("--data")
@@ -382,21 +398,13 @@ fn resnet_beats_the_mean_shape_on_300w_after_short_training() {
     assert!(run.figure("ced.png").is_file());
     let run_str = dir.path().to_str().unwrap();
     let test_xml = data.join("ibug_300w/labels_300w_test.xml");
-    let out = facemark(
+    let figures_dir = dir.path().join("test-figures");
+    let eval = eval_on_labels(
         &data,
-        &[
-            "eval",
-            "--model",
-            run_str,
-            "--labels",
-            test_xml.to_str().unwrap(),
-            "--json",
-            "--figures",
-            dir.path().join("test-figures").to_str().unwrap(),
-        ],
+        run_str,
+        &test_xml,
+        &["--figures", figures_dir.to_str().unwrap()],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let eval: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(eval["count"], 224);
     for figure in [
         "test_best.png",
@@ -610,21 +618,7 @@ fn heatmap_unet_beats_the_mean_shape_on_300w_after_short_training() {
     let run_str = dir.path().to_str().unwrap();
     let test_xml = data.join("ibug_300w/labels_300w_test.xml");
     let nme_with = |decode: &str| {
-        let out = facemark(
-            &data,
-            &[
-                "eval",
-                "--model",
-                run_str,
-                "--labels",
-                test_xml.to_str().unwrap(),
-                "--json",
-                "--decode",
-                decode,
-            ],
-        );
-        assert!(out.status.success(), "{}", stderr(&out));
-        let eval: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let eval = eval_on_labels(&data, run_str, &test_xml, &["--decode", decode]);
         eval["nme_inter_ocular"].as_f64().unwrap()
     };
     let (argmax, subpixel) = (nme_with("argmax"), nme_with("subpixel"));
@@ -654,20 +648,7 @@ fn shipped_ibug68_model_meets_the_bar_on_both_300w_test_sets() {
         ("labels_300w_test.xml", 224),
         ("labels_300w_test_hogbox.xml", 221),
     ] {
-        let path = data.join("ibug_300w").join(labels);
-        let out = facemark(
-            &data,
-            &[
-                "eval",
-                "--model",
-                "ibug68",
-                "--labels",
-                path.to_str().unwrap(),
-                "--json",
-            ],
-        );
-        assert!(out.status.success(), "{}", stderr(&out));
-        let eval: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let eval = eval_on_labels(&data, "ibug68", &data.join("ibug_300w").join(labels), &[]);
         assert_eq!(eval["count"], faces);
         let nme = eval["nme_inter_ocular"].as_f64().unwrap();
         assert!(
