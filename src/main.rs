@@ -367,7 +367,7 @@ fn train_run(
     let show_progress = std::env::var_os("CI").is_none();
     let outcome = facemark::train::train(config, data, &run, resume, show_progress)?;
     let summary =
-        facemark::report::write_report(&run, config, data, &outcome.state, &outcome.best)?;
+        facemark::report::write_report(&run, &outcome.config, data, &outcome.state, &outcome.best)?;
     let nme = summary
         .landmarks
         .as_ref()

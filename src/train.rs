@@ -176,8 +176,8 @@ impl TrainConfig {
                 config.schedule = Schedule::Cosine;
                 config.test_time_flip = true;
             }
-            // 112x112 keeps an epoch near 75 s on 2 cores (224: ~4 min), so 30 epochs fit in
-            // about 40 minutes; results/ibug68 measures the sizes. Mirror-averaged prediction cut
+            // 112x112 trains 29.2 img/s on 2 cores against 9.2 at 224 (results/ibug68/bench*.jsonl),
+            // so 30 epochs fit in about 40 minutes. Mirror-averaged prediction cut
             // the validation NME from 7.2 % to 6.4 % mid-training. Crops from tight and detector
             // boxes gave the lowest worst-case validation NME over the two box kinds.
             Task::Ibug68 => {
@@ -299,6 +299,8 @@ pub enum TrainError {
 
 /// The finished run.
 pub struct TrainOutcome {
+    /// The recipe as trained: the run's stored one when resumed.
+    pub config: TrainConfig,
     pub state: RunState,
     /// The model with the lowest validation loss, in validation mode on the inference device.
     pub best: KeypointNet,
@@ -327,7 +329,13 @@ pub fn train(
     show_progress: bool,
 ) -> Result<TrainOutcome, TrainError> {
     config.validate().map_err(TrainError::Config)?;
-    let config = &with_data_statistics(config, data, resume);
+    let config = &if resume && run.exists() {
+        // A resumed run keeps the recipe it started with, data statistics included: weights
+        // trained with a shape prior are wrong without it.
+        run.read_config()?
+    } else {
+        with_data_statistics(config, data)
+    };
     let device = crate::backend::training_device();
     device.seed(config.seed);
     let mut model = config.model.init(&device);
@@ -406,16 +414,20 @@ pub fn train(
         config.model.init(&crate::backend::device()),
         &run.model_best(),
     )?;
-    Ok(TrainOutcome { state, best })
+    Ok(TrainOutcome {
+        config: config.clone(),
+        state,
+        best,
+    })
 }
 
 /// `config` completed with what the model measures on the training data before it starts: the
 /// heatmap network's shape prior, from one epoch's training crops as the network will see them.
 /// A resumed run already has it in its `config.json`.
-fn with_data_statistics(config: &TrainConfig, data: &TaskData, resume: bool) -> TrainConfig {
+fn with_data_statistics(config: &TrainConfig, data: &TaskData) -> TrainConfig {
     let mut config = config.clone();
     let needs_prior = matches!(&config.model, ModelConfig::Heatmap(net) if net.needs_shape_prior());
-    if needs_prior && !resume {
+    if needs_prior {
         let all: Vec<usize> = (0..data.train.len()).collect();
         let shapes: Vec<Vec<Point>> = batch_examples(&config, data, &all, 0)
             .into_iter()

@@ -92,7 +92,7 @@ fn train_briefly(config: &TrainConfig, data_root: &Path) -> BriefRun {
     let dir = tempfile::tempdir().unwrap();
     let run = facemark::run::RunDir::new(dir.path());
     let outcome = facemark::train::train(config, &data, &run, false, false).unwrap();
-    let summary = facemark::report::evaluate(&outcome.best, config, &data).summary;
+    let summary = facemark::report::evaluate(&outcome.best, &outcome.config, &data).summary;
     BriefRun {
         dir,
         run,
@@ -393,8 +393,18 @@ fn resnet_beats_the_mean_shape_on_300w_after_short_training() {
     assert_clearly_beats_the_mean_shape(&summary);
 
     // The run's report, then the CLI on it: eval on another label set, predict from boxes, export.
-    facemark::report::write_report(&run, &config, &task_data, &outcome.state, &outcome.best)
-        .unwrap();
+    facemark::report::write_report(
+        &run,
+        &outcome.config,
+        &task_data,
+        &outcome.state,
+        &outcome.best,
+    )
+    .unwrap();
+    // Resuming from the bare recipe (no prior measured yet) keeps the run's own prior and history.
+    let resumed = facemark::train::train(&config, &task_data, &run, true, false).unwrap();
+    assert_eq!(resumed.config, outcome.config);
+    assert_eq!(resumed.state.history.len(), 3);
     assert!(run.figure("ced.png").is_file());
     let run_str = dir.path().to_str().unwrap();
     let test_xml = data.join("ibug_300w/labels_300w_test.xml");
@@ -612,8 +622,18 @@ fn heatmap_unet_beats_the_mean_shape_on_300w_after_short_training() {
     );
     assert_clearly_beats_the_mean_shape(&summary);
 
-    facemark::report::write_report(&run, &config, &task_data, &outcome.state, &outcome.best)
-        .unwrap();
+    facemark::report::write_report(
+        &run,
+        &outcome.config,
+        &task_data,
+        &outcome.state,
+        &outcome.best,
+    )
+    .unwrap();
+    // Resuming from the bare recipe (no prior measured yet) keeps the run's own prior and history.
+    let resumed = facemark::train::train(&config, &task_data, &run, true, false).unwrap();
+    assert_eq!(resumed.config, outcome.config);
+    assert_eq!(resumed.state.history.len(), 3);
     assert!(run.figure("val_heatmaps.png").is_file());
     let run_str = dir.path().to_str().unwrap();
     let test_xml = data.join("ibug_300w/labels_300w_test.xml");

@@ -5,7 +5,6 @@
 use burn::nn::loss::{MseLoss, Reduction};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use std::sync::Arc;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -57,7 +56,13 @@ impl HeatmapNetConfig {
         let side = self.unet.input_size;
         let log_prior = match (&self.shape_prior, self.use_shape_prior, self.loss) {
             (Some(prior), true, HeatmapLoss::CrossEntropy) => {
-                Some(Arc::new(prior.log_maps(side, side)))
+                let values = prior.log_maps(side, side);
+                let shape = [1, prior.mean.len(), side, side];
+                // Built once, outside autodiff: a constant for every forward and backward pass.
+                Some(
+                    Tensor::<4>::from_data(TensorData::new(values, shape), device)
+                        .without_autodiff(),
+                )
             }
             _ => None,
         };
@@ -85,9 +90,9 @@ pub struct HeatmapNet {
     loss: HeatmapLoss,
     #[module(skip)]
     decoding: Decoding,
-    /// `[K, H, W]` log-prior added to the logits, if the recipe uses one.
+    /// `[1, K, H, W]` log-prior added to the logits, if the recipe uses one.
     #[module(skip)]
-    log_prior: Option<Arc<Vec<f32>>>,
+    log_prior: Option<Tensor<4>>,
 }
 
 impl HeatmapNet {
@@ -107,13 +112,10 @@ impl HeatmapNet {
     /// The U-Net's maps plus the shape prior, if any.
     fn logits(&self, images: Tensor<4>) -> Tensor<4> {
         let logits = self.unet.forward(images);
-        let Some(prior) = &self.log_prior else {
-            return logits;
-        };
-        let [_, k, h, w] = logits.dims();
-        let device = logits.device();
-        let prior = Tensor::<4>::from_data(TensorData::new(prior.to_vec(), [1, k, h, w]), &device);
-        logits + prior
+        match &self.log_prior {
+            Some(prior) => logits + prior.clone(),
+            None => logits,
+        }
     }
 
     /// `[batch, 1, H, W] -> [batch, 2K]`: decoded points as fractions of width and height.
