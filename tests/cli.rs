@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use facemark::train::{Task, TaskData, TrainConfig};
+use facemark::run::RunDir;
+use facemark::train::{Task, TaskData, TrainConfig, TrainOutcome};
 
 /// The data folder, or `None` (with a visible message) when it is not there.
 fn data_dir() -> Option<PathBuf> {
@@ -81,16 +82,16 @@ fn stderr(out: &Output) -> String {
 /// Trains `config` briefly into a temporary run directory and evaluates its best model.
 struct BriefRun {
     dir: tempfile::TempDir,
-    run: facemark::run::RunDir,
+    run: RunDir,
     data: TaskData,
-    outcome: facemark::train::TrainOutcome,
+    outcome: TrainOutcome,
     summary: facemark::report::EvalSummary,
 }
 
 fn train_briefly(config: &TrainConfig, data_root: &Path) -> BriefRun {
     let data = TaskData::load(config, data_root).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let run = facemark::run::RunDir::new(dir.path());
+    let run = RunDir::new(dir.path());
     let outcome = facemark::train::train(config, &data, &run, false, false).unwrap();
     let summary = facemark::report::evaluate(&outcome.best, &outcome.config, &data).summary;
     BriefRun {
@@ -100,6 +101,12 @@ fn train_briefly(config: &TrainConfig, data_root: &Path) -> BriefRun {
         outcome,
         summary,
     }
+}
+
+/// A brief run's report (evaluation and figures) in its run directory.
+fn write_report(run: &RunDir, data: &TaskData, outcome: &TrainOutcome) {
+    facemark::report::write_report(run, &outcome.config, data, &outcome.state, &outcome.best)
+        .unwrap();
 }
 
 #[test]
@@ -393,14 +400,7 @@ fn resnet_beats_the_mean_shape_on_300w_after_short_training() {
     assert_clearly_beats_the_mean_shape(&summary);
 
     // The run's report, then the CLI on it: eval on another label set, predict from boxes, export.
-    facemark::report::write_report(
-        &run,
-        &outcome.config,
-        &task_data,
-        &outcome.state,
-        &outcome.best,
-    )
-    .unwrap();
+    write_report(&run, &task_data, &outcome);
     assert!(run.figure("ced.png").is_file());
     let run_str = dir.path().to_str().unwrap();
     let test_xml = data.join("ibug_300w/labels_300w_test.xml");
@@ -618,14 +618,7 @@ fn heatmap_unet_beats_the_mean_shape_on_300w_after_short_training() {
     );
     assert_clearly_beats_the_mean_shape(&summary);
 
-    facemark::report::write_report(
-        &run,
-        &outcome.config,
-        &task_data,
-        &outcome.state,
-        &outcome.best,
-    )
-    .unwrap();
+    write_report(&run, &task_data, &outcome);
     // Resuming from the bare recipe (no prior measured yet) keeps the run's own prior and history.
     let resumed = facemark::train::train(&config, &task_data, &run, true, false).unwrap();
     assert_eq!(resumed.config, outcome.config);
