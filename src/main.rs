@@ -663,8 +663,14 @@ fn predict(model: &str, jobs: &[(PathBuf, Vec<FaceBox>)], outputs: &PredictOutpu
 
 fn compare(runs: &[PathBuf], out: &Path) -> Result<()> {
     let mut curves = Vec::new();
+    let mut loss_names = Vec::new();
     for dir in runs {
-        let state = RunDir::new(dir).read_state()?;
+        let run = RunDir::new(dir);
+        let state = run.read_state()?;
+        let loss_name = run.read_config()?.model.loss_name();
+        if !loss_names.contains(&loss_name) {
+            loss_names.push(loss_name);
+        }
         let name = dir
             .file_name()
             .unwrap_or_default()
@@ -681,7 +687,8 @@ fn compare(runs: &[PathBuf], out: &Path) -> Result<()> {
             dashed: true,
         });
     }
-    facemark::figures::loss_curves(out, "loss per epoch", "loss (MSE)", &curves)?;
+    let y_label = format!("loss ({})", loss_names.join(" / "));
+    facemark::figures::loss_curves(out, "loss per epoch", &y_label, &curves)?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }
