@@ -235,7 +235,7 @@ impl TrainingBoxes {
         match self {
             TrainingBoxes::Tight => vec![],
             TrainingBoxes::Detector => vec![DETECTOR_TRAIN_LABELS.into()],
-            TrainingBoxes::Both => vec![labels.to_owned(), DETECTOR_TRAIN_LABELS.into()],
+            TrainingBoxes::Both => facemark::train::both_box_kinds(labels),
         }
     }
 }

@@ -270,7 +270,7 @@ impl TrainConfig {
 }
 
 /// Training crops from either the given (tight) boxes or the detector's.
-fn both_box_kinds(labels: &std::path::Path) -> Vec<std::path::PathBuf> {
+pub fn both_box_kinds(labels: &std::path::Path) -> Vec<std::path::PathBuf> {
     vec![
         labels.to_owned(),
         crate::dataset::DETECTOR_TRAIN_LABELS.into(),
