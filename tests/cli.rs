@@ -4,8 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use facemark::dataset::Dataset;
+use facemark::recipe::{Task, TrainConfig};
 use facemark::run::RunDir;
-use facemark::train::{Task, TaskData, TrainConfig, TrainOutcome};
+use facemark::train::{TrainOutcome, load_data};
 
 /// The data folder, or `None` (with a visible message) when it is not there.
 fn data_dir() -> Option<PathBuf> {
@@ -36,8 +38,8 @@ fn ibug_data_dir() -> Option<PathBuf> {
 
 /// A 68-point model's inter-ocular NME must be well under the mean shape's.
 fn assert_clearly_beats_the_mean_shape(summary: &facemark::report::EvalSummary) {
-    let nme = summary.landmarks.as_ref().unwrap().nme_inter_ocular;
-    let mean_shape = summary.mean_shape_nme_inter_ocular.unwrap();
+    let nme = summary.landmarks.as_ref().unwrap().nme;
+    let mean_shape = summary.mean_shape_nme.unwrap();
     eprintln!("NME {nme:.2} % vs mean shape {mean_shape:.2} %");
     assert!(
         nme < 0.85 * mean_shape,
@@ -83,17 +85,18 @@ fn stderr(out: &Output) -> String {
 struct BriefRun {
     dir: tempfile::TempDir,
     run: RunDir,
-    data: TaskData,
+    data: Dataset,
     outcome: TrainOutcome,
     summary: facemark::report::EvalSummary,
 }
 
 fn train_briefly(config: &TrainConfig, data_root: &Path) -> BriefRun {
-    let data = TaskData::load(config, data_root).unwrap();
+    let data = load_data(config, data_root).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::new(dir.path());
     let outcome = facemark::train::train(config, &data, &run, false, false).unwrap();
-    let summary = facemark::report::evaluate(&outcome.best, &outcome.config, &data).summary;
+    let contract = outcome.config.contract();
+    let summary = facemark::report::evaluate(&outcome.best, &contract, &data, "brief").summary;
     BriefRun {
         dir,
         run,
@@ -104,7 +107,7 @@ fn train_briefly(config: &TrainConfig, data_root: &Path) -> BriefRun {
 }
 
 /// A brief run's report (evaluation and figures) in its run directory.
-fn write_report(run: &RunDir, data: &TaskData, outcome: &TrainOutcome) {
+fn write_report(run: &RunDir, data: &Dataset, outcome: &TrainOutcome) {
     facemark::report::write_report(run, &outcome.config, data, &outcome.state, &outcome.best)
         .unwrap();
 }
@@ -139,9 +142,10 @@ fn nose_net_learns_on_real_imm_data() {
     );
 
     let untrained = config.model.init(&facemark::backend::device());
-    let untrained_error = facemark::report::evaluate(&untrained, &config, &brief.data)
-        .summary
-        .mean_px_error;
+    let untrained_error =
+        facemark::report::evaluate(&untrained, &config.contract(), &brief.data, "untrained")
+            .summary
+            .mean_px_error;
     let trained_error = brief.summary.mean_px_error;
     assert!(
         trained_error < untrained_error / 3.0 && trained_error < 80.0,
@@ -544,7 +548,10 @@ fn train_flags_shape_the_recipe() {
     let misplaced = printed_recipe(&["nose", "--train-boxes", "both"]).unwrap_err();
     assert!(misplaced.contains("--train-boxes"), "{misplaced}");
     let misplaced = printed_recipe(&["ibug68", "--target", "binary"]).unwrap_err();
-    assert!(misplaced.contains("heatmap"), "{misplaced}");
+    assert!(
+        misplaced.contains("--target does not apply to ResNet18"),
+        "{misplaced}"
+    );
     let indivisible = printed_recipe(&["heatmap", "--size", "100"]).unwrap_err();
     assert!(indivisible.contains("100"), "{indivisible}");
 }
@@ -555,39 +562,44 @@ fn detector_boxes_replace_or_join_the_tight_ones() {
     let mut config = TrainConfig::best(Task::Ibug68);
     config.set_input_size(32);
     config.faces.training_boxes = vec![];
-    let tight = TaskData::load(&config, &data).unwrap();
-    assert!(tight.train_sources.iter().all(|s| s.boxes.is_empty()));
+    let tight = load_data(&config, &data).unwrap();
+    assert!(tight.train.iter().all(|s| s.training_boxes.is_empty()));
 
     let hogbox = PathBuf::from("ibug_300w/labels_300w_train_hogbox.xml");
     config.faces.training_boxes = vec![hogbox.clone()];
-    let detector = TaskData::load(&config, &data).unwrap();
+    let detector = load_data(&config, &data).unwrap();
     // The detector missed 129 of the 2012 faces; those leave training, validation stays.
-    assert_eq!(detector.val_names, tight.val_names);
+    let names = |d: &Dataset| d.val.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&detector), names(&tight));
     let (n_tight, n_detector) = (tight.train.len(), detector.train.len());
     assert!(
         n_detector < n_tight && n_detector > n_tight * 9 / 10,
         "{n_detector} of {n_tight}"
     );
-    for source in &detector.train_sources {
-        assert_eq!(source.boxes.len(), 1);
+    for sample in &detector.train {
+        assert_eq!(sample.training_boxes.len(), 1);
         assert_ne!(
-            source.boxes[0],
-            source.face.bbox,
+            Some(sample.training_boxes[0]),
+            sample.bbox,
             "{}",
-            source.photo.display()
+            sample.photo.display()
         );
     }
 
     config.faces.training_boxes = vec![config.faces.labels.clone(), hogbox];
-    let both = TaskData::load(&config, &data).unwrap();
+    let both = load_data(&config, &data).unwrap();
     assert_eq!(both.train.len(), n_tight);
     let with_two = both
-        .train_sources
+        .train
         .iter()
-        .filter(|s| s.boxes.len() == 2)
+        .filter(|s| s.training_boxes.len() == 2)
         .count();
     assert_eq!(with_two, n_detector);
-    assert!(both.train_sources.iter().all(|s| s.boxes[0] == s.face.bbox));
+    assert!(
+        both.train
+            .iter()
+            .all(|s| Some(s.training_boxes[0]) == s.bbox)
+    );
 }
 
 #[test]
@@ -735,4 +747,149 @@ fn labels_in_another_markup_are_refused_by_name() {
             && !message.contains("panicked"),
         "{message}"
     );
+}
+
+/// A face-box model trains end to end on a markup that is not iBUG's: five points (eye corners,
+/// nose tip, mouth corners) taken from 300-W's training labels into a dlib XML of their own.
+#[test]
+fn a_five_point_markup_trains_evaluates_and_predicts_through_the_cli() {
+    let Some(data) = ibug_data_dir() else { return };
+    const KEPT: [usize; 5] = [36, 45, 30, 48, 54];
+    let dir = tempfile::tempdir().unwrap();
+    let mut images =
+        facemark::data::dlib_xml::read_dlib_xml(&data.join("ibug_300w/labels_300w_train.xml"))
+            .unwrap();
+    images.truncate(800);
+    for image in &mut images {
+        image.image_path = std::path::absolute(&image.image_path).unwrap();
+        for face in &mut image.faces {
+            face.points = KEPT.iter().map(|&i| face.points[i]).collect();
+        }
+    }
+    let xml = dir.path().join("five.xml");
+    let text = facemark::data::dlib_xml::format_dlib_xml(&images, dir.path(), "five points");
+    std::fs::write(&xml, text).unwrap();
+    let (xml_str, run) = (xml.to_str().unwrap(), dir.path().join("run"));
+    let run_str = run.to_str().unwrap();
+    let args = [
+        "train", "heatmap", "--recipe", "best", "--labels", xml_str, "--size", "64", "--width",
+        "8", "--depth", "3", "--epochs", "4", "--lr", "1e-3", "--out", run_str,
+    ];
+    let out = facemark(&data, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The scheme was measured from the labels: five points, symmetric pairs derived.
+    let contract: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("inference.json")).unwrap())
+            .unwrap();
+    assert_eq!(contract["scheme"]["points"], 5);
+    assert_eq!(
+        contract["scheme"]["mirror"],
+        serde_json::json!([1, 0, 2, 4, 3])
+    );
+
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(eval["normaliser"], "box_diagonal");
+    assert!(eval.get("nme_inter_ocular").is_none(), "{eval}");
+    let (nme, mean_shape) = (
+        eval["nme"].as_f64().unwrap(),
+        eval["mean_shape_nme"].as_f64().unwrap(),
+    );
+    eprintln!("five points: NME {nme:.2} % of the box diagonal, mean shape {mean_shape:.2} %");
+    assert!(
+        nme < 0.85 * mean_shape,
+        "{nme:.2} % vs mean shape {mean_shape:.2} %"
+    );
+
+    let image = images[0].image_path.to_str().unwrap().to_owned();
+    let b = images[0].faces[0].bbox;
+    let face_box = format!("{},{},{},{}", b.left, b.top, b.width, b.height);
+    let out = facemark(
+        &data,
+        &["predict", "--model", run_str, &image, "--box", &face_box],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let predictions: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(predictions[0]["points"].as_array().unwrap().len(), 5);
+
+    // The five-point model refuses 68-point labels by name.
+    let test_xml = data.join("ibug_300w/labels_300w_test.xml");
+    let out = facemark(
+        &data,
+        &[
+            "eval",
+            "--model",
+            run_str,
+            "--labels",
+            test_xml.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !out.status.success() && stderr(&out).contains("68 points"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `--resume` keeps the stored recipe: a flag that contradicts it is refused by name.
+#[test]
+fn resume_refuses_flags_that_contradict_the_stored_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::new(dir.path());
+    let config = TrainConfig::best(Task::Nose);
+    facemark::run::write_json(&run.config(), &config).unwrap();
+    let run_str = dir.path().to_str().unwrap();
+    let out = facemark(
+        Path::new("no-data-needed"),
+        &[
+            "train",
+            "nose",
+            "--resume",
+            run_str,
+            "--epochs",
+            "3",
+            "--print-config",
+        ],
+    );
+    assert!(
+        !out.status.success() && stderr(&out).contains("epochs = 3 (stored: 150)"),
+        "{}",
+        stderr(&out)
+    );
+    let same = facemark(
+        Path::new("no-data-needed"),
+        &[
+            "train",
+            "nose",
+            "--resume",
+            run_str,
+            "--epochs",
+            "150",
+            "--print-config",
+        ],
+    );
+    assert!(same.status.success(), "{}", stderr(&same));
+}
+
+/// `bench --model` takes a shipped model (its recipe, weights and optimiser) as well as a task.
+#[test]
+fn bench_measures_a_shipped_model_by_name() {
+    let out = facemark(
+        Path::new("no-data-needed"),
+        &[
+            "bench",
+            "--model",
+            "nose",
+            "--seconds",
+            "0.2",
+            "--batch-size",
+            "4",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first: serde_json::Value =
+        serde_json::from_str(stdout(&out).lines().next().unwrap()).unwrap();
+    assert_eq!(first["model"], "nose");
+    assert!(first["images_per_s"].as_f64().unwrap() > 0.0, "{first}");
 }

@@ -1,16 +1,17 @@
-//! Running a trained model on new photos.
+//! Running a trained model on new photos, as its inference contract says, and writing the
+//! predictions (JSON, CSV, .pts, dlib XML, overlays).
 
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use image::Rgb;
+use image::{GrayImage, Rgb};
 use imageproc::drawing::draw_filled_circle_mut;
 use serde::Serialize;
 
 use crate::crop::crop_face;
 use crate::data::images::scale_points;
 use crate::data::{AnnotatedFace, DataError, Example, FaceBox, LabeledImage, Point, load_gray};
-use crate::eval::predict_with_mirror;
+use crate::dataset::tight_box;
 use crate::run::{LoadedModel, RunError, load_trained};
 
 /// A model loaded for inference on the inference device.
@@ -42,19 +43,14 @@ impl Predictor {
 
     /// Whether the model works on a face box (300-W models) rather than the whole photo (IMM).
     pub fn needs_face_box(&self) -> bool {
-        self.model.config.task.crops_faces()
+        self.model.contract.needs_face_box()
     }
 
-    fn predict_example(&self, example: &Example) -> Vec<Point> {
-        let mirror = self.model.config.test_time_mirror();
-        predict_with_mirror(
-            &self.model.net,
-            std::slice::from_ref(example),
-            &self.device,
-            mirror,
-        )
-        .pop()
-        .unwrap_or_default()
+    /// Points (fractions of the input) of model-ready examples, in one batched pass.
+    fn predict_examples(&self, examples: &[Example]) -> Vec<Vec<Point>> {
+        self.model
+            .contract
+            .predict(&self.model.net, examples, &self.device)
     }
 
     /// Finds the landmarks in one image file: in each of `boxes` for a face-box model, else in the
@@ -65,32 +61,49 @@ impl Predictor {
         boxes: &[FaceBox],
     ) -> Result<Vec<Prediction>, DataError> {
         let gray = load_gray(path)?;
+        Ok(self.predict_gray(&gray, boxes, path))
+    }
+
+    /// Finds the landmarks in a decoded grey image (all its faces in one batched pass); `source`
+    /// names it in the predictions.
+    pub fn predict_gray(
+        &self,
+        gray: &GrayImage,
+        boxes: &[FaceBox],
+        source: &Path,
+    ) -> Vec<Prediction> {
         let prediction = |bbox: Option<&FaceBox>, points| Prediction {
-            image: path.to_owned(),
+            image: source.to_owned(),
             width: gray.width(),
             height: gray.height(),
             bbox: bbox.map(|b| [b.left, b.top, b.width, b.height]),
             points,
         };
-        if !self.needs_face_box() {
-            let (w, h) = self.model.config.model.input_size();
-            let fractions = self.predict_example(&Example::from_gray(&gray, &[], w, h));
+        let contract = &self.model.contract;
+        let Some(crop) = contract.crop() else {
+            let (w, h) = (contract.input_width, contract.input_height);
+            let example = Example::from_gray(gray, &[], w, h);
+            let fractions = self.predict_examples(&[example]).pop().unwrap_or_default();
             let points = scale_points(&fractions, gray.width() as f32, gray.height() as f32);
-            return Ok(vec![prediction(None, points)]);
-        }
-        let crop = &self.model.config.faces.crop;
-        Ok(boxes
+            return vec![prediction(None, points)];
+        };
+        let (examples, transforms): (Vec<Example>, Vec<_>) = boxes
             .iter()
-            .map(|bbox| {
-                let (example, transform) = crop_face(&gray, *bbox, &[], crop);
-                let fractions = self.predict_example(&example);
+            .map(|bbox| crop_face(gray, *bbox, &[], &crop))
+            .unzip();
+        let fractions = self.predict_examples(&examples);
+        boxes
+            .iter()
+            .zip(&examples)
+            .zip(transforms.iter().zip(fractions))
+            .map(|((bbox, example), (transform, fractions))| {
                 let points = scale_points(&fractions, example.width as f32, example.height as f32)
                     .into_iter()
                     .map(|p| transform.to_image(p))
                     .collect();
                 prediction(Some(bbox), points)
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -120,22 +133,6 @@ pub fn to_labeled_images(predictions: &[Prediction]) -> Vec<LabeledImage> {
         }
     }
     images
-}
-
-fn tight_box(points: &[Point]) -> FaceBox {
-    let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
-    for p in points {
-        x0 = x0.min(p[0]);
-        y0 = y0.min(p[1]);
-        x1 = x1.max(p[0]);
-        y1 = y1.max(p[1]);
-    }
-    FaceBox {
-        left: x0,
-        top: y0,
-        width: (x1 - x0).max(0.0),
-        height: (y1 - y0).max(0.0),
-    }
 }
 
 /// Predictions for every face of a label set in the course's competition format: `Id,Predicted`,
@@ -198,4 +195,68 @@ pub fn predictions_csv(predictions: &[Prediction]) -> String {
         }
     }
     csv
+}
+
+/// Where predictions go besides the returned list.
+#[derive(Debug, Clone, Default)]
+pub struct PredictOutputs {
+    /// Each image with its points drawn, as PNG, into this folder.
+    pub draw: Option<PathBuf>,
+    /// One .pts file per face into this folder.
+    pub pts: Option<PathBuf>,
+    /// All predictions as one dlib XML file.
+    pub xml: Option<PathBuf>,
+}
+
+/// Predicts every `(image, boxes)` job and writes `outputs`; an image that cannot be read is
+/// reported in the second list (with its error) and does not stop the others.
+pub fn predict_jobs(
+    predictor: &Predictor,
+    jobs: &[(PathBuf, Vec<FaceBox>)],
+    outputs: &PredictOutputs,
+) -> Result<(Vec<Prediction>, Vec<DataError>), DataError> {
+    let mut predictions = Vec::new();
+    let mut failures = Vec::new();
+    let write = |path: &Path, bytes: &[u8]| {
+        crate::run::write_atomic(path, bytes).map_err(|e| DataError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    };
+    for (path, boxes) in jobs {
+        let found = match predictor.predict_file(path, boxes) {
+            Ok(found) => found,
+            Err(e) => {
+                failures.push(e);
+                continue;
+            }
+        };
+        let name = path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        for (i, p) in found.iter().enumerate() {
+            let stem = if found.len() > 1 {
+                format!("{name}_{i}")
+            } else {
+                name.clone()
+            };
+            if let Some(dir) = &outputs.draw {
+                draw_prediction(p, &dir.join(format!("{stem}.png")))?;
+            }
+            if let Some(dir) = &outputs.pts {
+                let text = crate::data::pts::format_pts(&p.points);
+                write(&dir.join(format!("{stem}.pts")), text.as_bytes())?;
+            }
+        }
+        predictions.extend(found);
+    }
+    if let Some(path) = &outputs.xml {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let images = to_labeled_images(&predictions);
+        let text = crate::data::dlib_xml::format_dlib_xml(&images, base, "facemark predictions");
+        write(path, text.as_bytes())?;
+    }
+    Ok((predictions, failures))
 }

@@ -249,9 +249,8 @@ pub fn examples(
         .collect()
 }
 
-/// The left/right partner of each landmark, derived from the data: in the mean shape of the frontal
-/// neutral photos (type 1), mirrored about its own vertical midline, each point's partner is the
-/// nearest point. `None` unless that pairing is a consistent involution (partner of partner is self).
+/// The left/right partner of each landmark, derived from the data: the mean shape of the frontal
+/// neutral photos (type 1) mirrored about its own midline (see [`crate::scheme::derive_mirror`]).
 pub fn mirror_permutation(faces: &[ImmFace]) -> Option<Vec<usize>> {
     let frontal: Vec<&ImmFace> = faces.iter().filter(|f| f.image_type == 1).collect();
     let k = frontal.first()?.points.len();
@@ -262,24 +261,7 @@ pub fn mirror_permutation(faces: &[ImmFace]) -> Option<Vec<usize>> {
             m[1] += p[1] / frontal.len() as f32;
         }
     }
-    let midline = mean.iter().map(|p| p[0]).sum::<f32>() / k as f32;
-    let partner: Vec<usize> = mean
-        .iter()
-        .map(|p| {
-            let mirrored = [2.0 * midline - p[0], p[1]];
-            (0..k)
-                .min_by(|&a, &b| {
-                    let d = |i: usize| (mean[i][0] - mirrored[0]).hypot(mean[i][1] - mirrored[1]);
-                    d(a).total_cmp(&d(b))
-                })
-                .expect("at least one point")
-        })
-        .collect();
-    partner
-        .iter()
-        .enumerate()
-        .all(|(i, &j)| partner[j] == i)
-        .then_some(partner)
+    crate::scheme::derive_mirror(&mean)
 }
 
 impl ImmFace {

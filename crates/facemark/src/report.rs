@@ -5,24 +5,25 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::Example;
-use crate::data::ibug::IBUG_POINTS;
-use crate::eval::{
-    LandmarkMetrics, PointErrors, images_tensor, landmark_metrics, mean_shape, point_errors,
-    predict_with_mirror,
-};
+use crate::batch::images_tensor;
+use crate::contract::InferenceContract;
+use crate::data::{Example, Point};
+use crate::dataset::Dataset;
+use crate::decode::Output;
+use crate::eval::{LandmarkMetrics, PointErrors, landmark_metrics, point_errors};
 use crate::figures::{self, Curve, FigureError, HeatmapRow, Tile};
-use crate::model::{HeatmapNet, KeypointNet};
+use crate::model::KeypointNet;
+use crate::recipe::TrainConfig;
 use crate::run::{RunDir, RunError, RunState, write_json};
-use crate::train::{TaskData, TrainConfig, batch_examples};
 
 /// The metrics `facemark eval` prints and `eval.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalSummary {
+    /// The task or model evaluated.
     pub task: String,
-    /// Validation MSE of coordinates as fractions of width and height.
+    /// Validation MSE of coordinates as fractions of the model input's width and height.
     pub mse: f64,
-    /// Mean Euclidean error per landmark in pixels at 640x480.
+    /// Mean Euclidean error per landmark in pixels of the photos.
     pub mean_px_error: f64,
     pub median_px_error: f64,
     /// The same error for the mean training shape: the bar an untrained guess reaches (absent
@@ -31,56 +32,68 @@ pub struct EvalSummary {
     pub mean_shape_px_error: Option<f64>,
     pub count: usize,
     pub per_point_px_error: Vec<f64>,
-    /// The 300-W benchmark's metrics (68-point tasks).
+    /// Normalised errors, as the landmark scheme says (the 300-W metrics for 68 points).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub landmarks: Option<LandmarkMetrics>,
-    /// The mean shape's inter-ocular NME in percent (68-point tasks).
+    /// The mean shape's NME in percent, normalised like `nme`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mean_shape_nme_inter_ocular: Option<f64>,
+    pub mean_shape_nme: Option<f64>,
 }
 
 /// Validation predictions and their errors.
 pub struct Evaluation {
     pub summary: EvalSummary,
     /// Predictions as fractions of the model input.
-    pub predicted: Vec<Vec<crate::data::Point>>,
+    pub predicted: Vec<Vec<Point>>,
     /// Errors in photo pixels.
     pub errors: PointErrors,
-    /// The mean training shape's 300-W metrics, when both are known.
+    /// The mean training shape's normalised errors, when it is known.
     pub mean_shape_landmarks: Option<LandmarkMetrics>,
 }
 
-/// Evaluates `net` (validation mode) on the validation split of `data`. Pixel errors are in the
-/// original photos' pixels (IMM: 640x480).
-pub fn evaluate(net: &KeypointNet, config: &TrainConfig, data: &TaskData) -> Evaluation {
+/// Evaluates `net` (validation mode) on the validation faces of `data`, with the model's
+/// inference contract; `name` labels the result. Pixel errors are in the photos' own pixels.
+pub fn evaluate(
+    net: &KeypointNet,
+    contract: &InferenceContract,
+    data: &Dataset,
+    name: &str,
+) -> Evaluation {
     let device = crate::backend::device();
-    let predicted = predict_with_mirror(net, &data.val, &device, config.test_time_mirror());
-    let truth: Vec<_> = data.val.iter().map(|e| e.points.clone()).collect();
-    let mse = point_errors(&predicted, &truth, (1.0, 1.0)).mse;
-    let predicted_px = data.val_predictions_px(&predicted);
-    let truth_px = data.val_truth_px();
-    let errors = point_errors(&predicted_px, &truth_px, (1.0, 1.0));
+    let examples = data.val_examples();
+    let predicted = contract.predict(net, &examples, &device);
+    let truth: Vec<Vec<Point>> = examples.iter().map(|e| e.points.clone()).collect();
+    let mse = point_errors(&predicted, &truth).mse;
+    let to_photo = |shapes: &[Vec<Point>]| -> Vec<Vec<Point>> {
+        data.val
+            .iter()
+            .zip(shapes)
+            .map(|(sample, shape)| sample.to_photo(shape))
+            .collect()
+    };
+    let predicted_px = to_photo(&predicted);
+    let truth_px: Vec<Vec<Point>> = data.val.iter().map(|s| s.truth.clone()).collect();
+    let diagonals: Vec<f32> = data.val.iter().map(|s| s.box_diagonal()).collect();
+    let errors = point_errors(&predicted_px, &truth_px);
+    let metrics =
+        |shapes: &[Vec<Point>]| landmark_metrics(shapes, &truth_px, &data.scheme, &diagonals);
     // The mean training shape placed in each face; unknown when evaluating on outside labels.
-    let baseline_px = (!data.train.is_empty())
-        .then(|| data.val_predictions_px(&vec![mean_shape(&data.train); truth.len()]));
-    let baseline = baseline_px
-        .as_ref()
-        .map(|b| point_errors(b, &truth_px, (1.0, 1.0)));
-    let is_68 = truth.first().is_some_and(|t| t.len() == IBUG_POINTS) && config.task.crops_faces();
-    let mean_shape_landmarks = baseline_px
-        .as_ref()
-        .filter(|_| is_68)
-        .map(|b| landmark_metrics(b, &truth_px));
+    let baseline_px = data
+        .mean_shape()
+        .map(|mean| to_photo(&vec![mean; truth.len()]));
+    let mean_shape_landmarks = baseline_px.as_deref().map(metrics);
     let summary = EvalSummary {
-        task: config.task.name().into(),
+        task: name.into(),
         mse,
         mean_px_error: errors.mean_px_error,
         median_px_error: errors.median_px_error,
-        mean_shape_px_error: baseline.map(|b| b.mean_px_error),
+        mean_shape_px_error: baseline_px
+            .as_ref()
+            .map(|b| point_errors(b, &truth_px).mean_px_error),
         count: errors.count,
         per_point_px_error: errors.per_point_px.clone(),
-        landmarks: is_68.then(|| landmark_metrics(&predicted_px, &truth_px)),
-        mean_shape_nme_inter_ocular: mean_shape_landmarks.as_ref().map(|m| m.nme_inter_ocular),
+        landmarks: (!truth.is_empty()).then(|| metrics(&predicted_px)),
+        mean_shape_nme: mean_shape_landmarks.as_ref().map(|m| m.nme),
     };
     Evaluation {
         summary,
@@ -103,11 +116,12 @@ pub enum ReportError {
 pub fn write_report(
     run: &RunDir,
     config: &TrainConfig,
-    data: &TaskData,
+    data: &Dataset,
     state: &RunState,
     net: &KeypointNet,
 ) -> Result<EvalSummary, ReportError> {
-    let evaluation = evaluate(net, config, data);
+    let contract = config.contract();
+    let evaluation = evaluate(net, &contract, data, config.task.name());
     write_json(&run.eval(), &evaluation.summary)?;
 
     let curves = [
@@ -126,61 +140,66 @@ pub fn write_report(
     let y_label = format!("loss ({})", config.model.loss_name());
     figures::loss_curves(&run.figure("loss.png"), &title, &y_label, &curves)?;
 
-    let scale = (320 / data.train[0].width).max(1) as u32;
-    // Training images as the network sees them (augmented when the recipe augments).
-    let indices: Vec<usize> = (0..data.train.len())
-        .step_by((data.train.len() / 16).max(1))
-        .take(16)
-        .collect();
-    let shown = batch_examples(config, data, &indices, 1);
-    let tiles = shown
-        .iter()
-        .zip(&indices)
-        .map(|(e, &i)| tile(e, None, data.train_names[i].clone()))
-        .collect::<Vec<_>>();
-    figures::landmark_grid(&run.figure("train_samples.png"), &tiles, 4, scale)?;
+    if let Some(first) = data.train.first() {
+        let scale = (320 / first.example.width.max(1)).max(1) as u32;
+        // Training images as the network sees them (augmented when the recipe augments).
+        let indices: Vec<usize> = (0..data.train.len())
+            .step_by((data.train.len() / 16).max(1))
+            .take(16)
+            .collect();
+        let shown = data.training_batch(&config.sampling(), &indices, 1);
+        let tiles = shown
+            .iter()
+            .zip(&indices)
+            .map(|(e, &i)| tile(e, None, data.train[i].name.clone()))
+            .collect::<Vec<_>>();
+        figures::landmark_grid(&run.figure("train_samples.png"), &tiles, 4, scale)?;
+    }
 
     let figures_dir = run.figure("");
-    write_evaluation_figures(&figures_dir, "val", net, config, data, &evaluation)?;
+    write_evaluation_figures(&figures_dir, "val", net, &contract, data, &evaluation)?;
     write_filters(net, &run.figure("filters.png"))?;
     Ok(evaluation.summary)
 }
 
 /// Draws an evaluation's figures into `dir`: `{prefix}_best.png` and `{prefix}_worst.png` (six
-/// faces each, ranked by inter-ocular NME for 68-point models, else by mean pixel error),
-/// `per_point_error.png`, for 68-point models `ced.png` against the mean shape, and for heatmap
+/// faces each, ranked by NME for face-box models, else by mean pixel error),
+/// `per_point_error.png`, for face-box models `ced.png` against the mean shape, and for heatmap
 /// models `{prefix}_heatmaps.png`.
 pub fn write_evaluation_figures(
     dir: &Path,
     prefix: &str,
     net: &KeypointNet,
-    config: &TrainConfig,
-    data: &TaskData,
+    contract: &InferenceContract,
+    data: &Dataset,
     evaluation: &Evaluation,
 ) -> Result<(), FigureError> {
     let Some(first) = data.val.first() else {
         return Ok(());
     };
-    let scale = (320 / first.width).max(1) as u32;
+    let scale = (320 / first.example.width.max(1)).max(1) as u32;
+    // Whole photos rank by pixels (the study's measure), face crops by normalised error.
     let nme = evaluation
         .summary
         .landmarks
         .as_ref()
+        .filter(|_| contract.needs_face_box())
         .map(|m| &m.per_image_nme);
     let score = |i: usize| nme.map_or(evaluation.errors.per_image_px[i], |n| n[i]);
     let mut ranked: Vec<usize> = (0..data.val.len()).collect();
     ranked.sort_by(|&a, &b| score(a).total_cmp(&score(b)));
-    if let KeypointNet::Heatmap(heatmap_net) = net {
-        // The best, the median and the worst face.
-        let shown = [
-            ranked[0],
-            ranked[ranked.len() / 2],
-            ranked[ranked.len() - 1],
-        ];
-        let rows = heatmap_rows(heatmap_net, data, &shown, evaluation, &|i| match nme {
-            Some(n) => format!("{}  NME {:.1} %", data.val_names[i], 100.0 * n[i]),
-            None => data.val_names[i].clone(),
-        });
+    let name = |i: usize| &data.val[i].name;
+    // The best, the median and the worst face.
+    let shown = [
+        ranked[0],
+        ranked[ranked.len() / 2],
+        ranked[ranked.len() - 1],
+    ];
+    let caption = |i: usize| match nme {
+        Some(n) => format!("{}  NME {:.1} %", name(i), 100.0 * n[i]),
+        None => name(i).clone(),
+    };
+    if let Some(rows) = heatmap_rows(net, data, &shown, evaluation, &caption) {
         figures::heatmap_grid(&dir.join(format!("{prefix}_heatmaps.png")), &rows, scale)?;
     }
     let cases = |order: &[usize]| -> Vec<Tile> {
@@ -189,13 +208,14 @@ pub fn write_evaluation_figures(
             .take(6)
             .map(|&i| {
                 let caption = match nme {
-                    Some(n) => format!("{}  NME {:.1} %", data.val_names[i], 100.0 * n[i]),
-                    None => format!(
-                        "{}  {:.1} px",
-                        data.val_names[i], evaluation.errors.per_image_px[i]
-                    ),
+                    Some(n) => format!("{}  NME {:.1} %", name(i), 100.0 * n[i]),
+                    None => format!("{}  {:.1} px", name(i), evaluation.errors.per_image_px[i]),
                 };
-                tile(&data.val[i], Some(&evaluation.predicted[i]), caption)
+                tile(
+                    &data.val[i].example,
+                    Some(&evaluation.predicted[i]),
+                    caption,
+                )
             })
             .collect()
     };
@@ -217,11 +237,7 @@ pub fn write_evaluation_figures(
     if per_point.len() > 1 {
         let labels: Vec<String> = (0..per_point.len()).map(|i| i.to_string()).collect();
         let values: Vec<f32> = per_point.iter().map(|&v| v as f32).collect();
-        let unit = if data.val_transforms.is_empty() {
-            "error (px at 640x480)"
-        } else {
-            "error (px of the photo)"
-        };
+        let unit = "error (px of the photo)";
         figures::bar_chart(
             &dir.join("per_point_error.png"),
             "mean error per landmark",
@@ -231,19 +247,27 @@ pub fn write_evaluation_figures(
             &values,
         )?;
     }
-    if let Some(landmarks) = &evaluation.summary.landmarks {
+    if let Some(landmarks) = evaluation
+        .summary
+        .landmarks
+        .as_ref()
+        .filter(|_| nme.is_some())
+    {
         let as_curve = |label: &str, nme: &[f64]| Curve {
             label: label.into(),
             values: nme.iter().map(|&v| v as f32).collect(),
             dashed: false,
         };
-        let mut curves = vec![as_curve(config.task.name(), &landmarks.per_image_nme)];
+        let mut curves = vec![as_curve(&evaluation.summary.task, &landmarks.per_image_nme)];
         if let Some(baseline) = &evaluation.mean_shape_landmarks {
             curves.push(as_curve("mean shape", &baseline.per_image_nme));
         }
         figures::ced_curves(
             &dir.join("ced.png"),
-            "cumulative error distribution (inter-ocular NME)",
+            &format!(
+                "cumulative error distribution (NME, {})",
+                landmarks.normaliser.replace('_', "-")
+            ),
             &curves,
             ced_range(&landmarks.per_image_nme),
         )?;
@@ -267,32 +291,43 @@ fn ced_range(nme: &[f64]) -> f32 {
 }
 
 /// iBUG landmarks whose single maps the heatmap figure shows, with their names.
-const SHOWN_MAPS: [(usize, &str); 4] = [
+const SHOWN_IBUG_MAPS: [(usize, &str); 4] = [
     (8, "chin"),
     (30, "nose tip"),
     (36, "eye corner"),
     (48, "mouth corner"),
 ];
 
-/// For each of `shown` (validation indices): the face with its decoded points, all maps summed,
-/// and the single maps of [`SHOWN_MAPS`] (those that exist).
+/// For each of `shown` (validation indices) of a heatmap model: the face with its decoded points,
+/// all maps summed, and four single maps (named iBUG points, else the first four). `None` for
+/// regression models.
 fn heatmap_rows(
-    net: &HeatmapNet,
-    data: &TaskData,
+    net: &KeypointNet,
+    data: &Dataset,
     shown: &[usize],
     evaluation: &Evaluation,
     caption: &dyn Fn(usize) -> String,
-) -> Vec<HeatmapRow> {
+) -> Option<Vec<HeatmapRow>> {
     let device = crate::backend::device();
-    let examples: Vec<Example> = shown.iter().map(|&i| data.val[i].clone()).collect();
-    let maps = net.heatmaps(images_tensor(&examples, &device));
+    let examples: Vec<Example> = shown.iter().map(|&i| data.val[i].example.clone()).collect();
+    let Output::Heatmaps(maps) = net.forward(images_tensor(&examples, &device)) else {
+        return None;
+    };
     let [_, k, h, w] = maps.dims();
     let values: Vec<f32> = maps
         .into_data()
         .convert::<f32>()
-        .try_to_vec()
+        .try_to_vec::<f32>()
         .unwrap_or_default();
-    shown
+    let single: Vec<(usize, String)> = if data.scheme.name == "ibug68" {
+        SHOWN_IBUG_MAPS
+            .iter()
+            .map(|&(p, n)| (p, format!("{p}: {n}")))
+            .collect()
+    } else {
+        (0..k.min(4)).map(|p| (p, format!("point {p}"))).collect()
+    };
+    let rows = shown
         .iter()
         .zip(values.chunks(k * h * w))
         .map(|(&i, face_maps)| {
@@ -303,18 +338,23 @@ fn heatmap_rows(
             }
             let mut maps = vec![("all points".to_string(), all)];
             maps.extend(
-                SHOWN_MAPS
+                single
                     .iter()
                     .filter(|(p, _)| *p < k)
-                    .map(|&(p, name)| (format!("{p}: {name}"), per_point[p].to_vec())),
+                    .map(|(p, name)| (name.clone(), per_point[*p].to_vec())),
             );
             HeatmapRow {
-                face: tile(&data.val[i], Some(&evaluation.predicted[i]), caption(i)),
+                face: tile(
+                    &data.val[i].example,
+                    Some(&evaluation.predicted[i]),
+                    caption(i),
+                ),
                 maps,
                 map_size: (w, h),
             }
         })
-        .collect()
+        .collect();
+    Some(rows)
 }
 
 /// Draws the first convolution's filters as a grid of images.
@@ -330,7 +370,7 @@ pub fn write_filters(net: &KeypointNet, path: &std::path::Path) -> Result<(), Fi
     figures::filter_grid(path, &filters, k, (48 / k).max(4) as u32)
 }
 
-fn tile(example: &Example, predicted: Option<&Vec<crate::data::Point>>, caption: String) -> Tile {
+fn tile(example: &Example, predicted: Option<&Vec<Point>>, caption: String) -> Tile {
     let (w, h) = (example.width as f32, example.height as f32);
     Tile {
         image: example.to_gray(),

@@ -12,16 +12,18 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::augment::sample_rng;
+use crate::batch::images_tensor;
 use crate::data::{Example, load_gray};
-use crate::eval::images_tensor;
+use crate::dataset::Dataset;
 use crate::model::KeypointNet;
-use crate::train::{TaskData, TrainConfig, batch_examples};
+use crate::recipe::TrainConfig;
 
 /// One benchmark's result.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
     pub bench: &'static str,
-    pub task: &'static str,
+    /// The model measured: a task's recipe, a run directory or a shipped model.
+    pub model: String,
     pub backend: &'static str,
     pub batch_size: usize,
     pub images_per_s: f64,
@@ -31,7 +33,12 @@ pub struct BenchResult {
 
 /// Settings of a benchmark session.
 pub struct BenchConfig {
+    /// The model's name in the results.
+    pub name: String,
+    /// The recipe whose network, batch size and optimiser are measured.
     pub train: TrainConfig,
+    /// Weights to start from (a trained model); `None` initialises the network afresh.
+    pub weights: Option<std::path::PathBuf>,
     /// How long each measurement runs (after one warm-up batch).
     pub duration: Duration,
 }
@@ -44,7 +51,7 @@ fn result(
 ) -> BenchResult {
     BenchResult {
         bench,
-        task: config.train.task.name(),
+        model: config.name.clone(),
         backend: crate::backend::name(),
         batch_size: config.train.batch_size,
         images_per_s: images as f64 / elapsed.as_secs_f64(),
@@ -81,16 +88,25 @@ fn train_step(
 }
 
 /// Runs every benchmark; `data` (the real IMM data) enables the real-pipeline ones.
-pub fn run(config: &BenchConfig, data: Option<&TaskData>, mut report: impl FnMut(&BenchResult)) {
+pub fn run(
+    config: &BenchConfig,
+    data: Option<&Dataset>,
+    mut report: impl FnMut(&BenchResult),
+) -> Result<(), crate::run::RunError> {
     let tc = &config.train;
     let device = crate::backend::training_device();
     device.seed(tc.seed);
     let (w, h) = tc.model.input_size();
     let b = tc.batch_size;
-    let synthetic = synthetic_examples(b, w, h, tc.task.point_indices().len(), tc.seed);
+    let synthetic = synthetic_examples(b, w, h, tc.scheme().points, tc.seed);
 
-    let mut model = Some(tc.model.init(&device));
-    let mut optim = burn::optim::AdamConfig::new().init();
+    let initial = match &config.weights {
+        Some(path) => crate::run::load_model(tc.model.init(&device), path)?,
+        None => tc.model.init(&device),
+    };
+    let mut model = Some(initial);
+    // The recipe's own optimiser, so the step measured is the step trained.
+    let mut optim = tc.optimizer();
     let (n, t) = measure(config.duration, b, |_| {
         let m = model.take().expect("model present");
         model = Some(train_step(
@@ -111,22 +127,21 @@ pub fn run(config: &BenchConfig, data: Option<&TaskData>, mut report: impl FnMut
         &inference_device,
     );
     let (n, t) = measure(config.duration, b, |_| {
-        let _: Vec<f32> = net
+        let _ = net
             .forward(xi.clone())
-            .into_data()
-            .try_to_vec()
-            .unwrap_or_default();
+            .into_point_lists(tc.model.decoding());
     });
     report(&result("inference_synthetic", config, n, t));
 
-    let Some(data) = data else { return };
+    let Some(data) = data else { return Ok(()) };
     let train = &data.train;
+    let sampling = tc.sampling();
     let order: Vec<usize> = (0..train.len()).collect();
     let batches: Vec<&[usize]> = order.chunks(b).filter(|c| c.len() == b).collect();
 
     // The training loop's own data path: decoded once, augmented (if configured) per batch.
     let (n, t) = measure(config.duration, b, |i| {
-        let examples = batch_examples(tc, data, batches[i % batches.len()], i);
+        let examples = data.training_batch(&sampling, batches[i % batches.len()], i);
         let m = model.take().expect("model present");
         model = Some(train_step(
             m,
@@ -144,16 +159,19 @@ pub fn run(config: &BenchConfig, data: Option<&TaskData>, mut report: impl FnMut
         let indices = batches[i % batches.len()];
         let _: Vec<_> = indices
             .par_iter()
-            .map(|&j| aug.apply(&train[j], &mut sample_rng(tc.seed, i, j)))
+            .map(|&j| {
+                let mirror = sampling.mirror.as_deref();
+                aug.apply(&train[j].example, mirror, &mut sample_rng(tc.seed, i, j))
+            })
             .collect();
     });
     report(&result("augment", config, n, t));
 
     // Decoding the photos and preprocessing them to the model's input, with no cache.
+    let photos: Vec<&std::path::Path> = train.iter().map(|s| s.photo.as_path()).collect();
     let (n, t) = measure(config.duration, b, |i| {
-        let start = (i * b) % data.train_photos.len();
-        let _: Vec<_> = data
-            .train_photos
+        let start = (i * b) % photos.len().max(1);
+        let _: Vec<_> = photos
             .iter()
             .cycle()
             .skip(start)
@@ -164,6 +182,56 @@ pub fn run(config: &BenchConfig, data: Option<&TaskData>, mut report: impl FnMut
             .collect();
     });
     report(&result("decode_preprocess", config, n, t));
+    Ok(())
+}
+
+impl BenchConfig {
+    /// The benchmark of `name`: a run directory or shipped model (its recipe and weights), else a
+    /// task's recipe (the best one with `best`, else the study's without augmentation), with the
+    /// batch size and optionally the input side set.
+    pub fn resolve(
+        name: &str,
+        best: bool,
+        batch_size: usize,
+        input_size: Option<usize>,
+        duration: Duration,
+    ) -> Result<Self, crate::study::StudyError> {
+        let (mut train, weights) = match crate::run::load_trained(name, &crate::backend::device()) {
+            Ok(loaded) => (loaded.config, Some(loaded.source)),
+            Err(not_a_model) => {
+                let Ok(task) = name.parse::<crate::recipe::Task>() else {
+                    return Err(not_a_model.into());
+                };
+                let mut config = crate::recipe::TrainConfig::recipe(
+                    task,
+                    if best {
+                        crate::recipe::RecipeKind::Best
+                    } else {
+                        crate::recipe::RecipeKind::Study
+                    },
+                );
+                if !best {
+                    config.augment = None;
+                }
+                (config, None)
+            }
+        };
+        train.batch_size = batch_size;
+        if let Some(size) = input_size
+            && !train.set_input_size(size)
+        {
+            return Err(crate::recipe::RecipeError::Invalid(format!(
+                "{name} has a fixed input size"
+            ))
+            .into());
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            train,
+            weights,
+            duration,
+        })
+    }
 }
 
 /// `count` images of uniform noise with random points, for the synthetic benchmarks.

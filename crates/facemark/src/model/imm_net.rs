@@ -13,11 +13,22 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Pooling between convolution stages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pooling {
     Avg,
     Max,
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "avg" => Ok(Self::Avg),
+            "max" => Ok(Self::Max),
+            _ => Err(format!("unknown pooling {s:?} (avg, max)")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,6 +180,26 @@ impl ImmNet {
             .dropout
             .forward(self.activation.forward(self.hidden.forward(x)));
         self.output.forward(x)
+    }
+}
+
+impl super::Family for ImmNetConfig {
+    fn name(&self) -> &'static str {
+        "ImmNet"
+    }
+    fn options(&self) -> &'static [&'static str] {
+        &["pooling", "batch_norm", "dropout"]
+    }
+    fn apply(&mut self, o: &super::ModelOverrides) {
+        self.pooling = o.pooling.unwrap_or(self.pooling);
+        self.batch_norm |= o.batch_norm;
+        self.dropout = o.dropout.unwrap_or(self.dropout);
+    }
+    fn input_size(&self) -> (usize, usize) {
+        (self.input_width, self.input_height)
+    }
+    fn set_points(&mut self, points: usize) {
+        self.points = points;
     }
 }
 

@@ -175,6 +175,26 @@ impl ResNet {
     }
 }
 
+impl super::Family for ResNetConfig {
+    fn name(&self) -> &'static str {
+        "ResNet18"
+    }
+    fn options(&self) -> &'static [&'static str] {
+        &[]
+    }
+    fn apply(&mut self, _: &super::ModelOverrides) {}
+    fn input_size(&self) -> (usize, usize) {
+        (self.input_size, self.input_size)
+    }
+    fn set_input_size(&mut self, side: usize) -> bool {
+        self.input_size = side;
+        true
+    }
+    fn set_points(&mut self, points: usize) {
+        self.points = points;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

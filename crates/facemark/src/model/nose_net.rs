@@ -111,6 +111,25 @@ impl NoseNet {
     }
 }
 
+impl super::Family for NoseNetConfig {
+    fn name(&self) -> &'static str {
+        "NoseNet"
+    }
+    fn options(&self) -> &'static [&'static str] {
+        &["width", "dropout"]
+    }
+    fn apply(&mut self, o: &super::ModelOverrides) {
+        self.width = o.width.unwrap_or(self.width);
+        self.dropout = o.dropout.unwrap_or(self.dropout);
+    }
+    fn input_size(&self) -> (usize, usize) {
+        (self.input_width, self.input_height)
+    }
+    fn set_points(&mut self, points: usize) {
+        self.points = points;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,5 @@
 //! Heatmap keypoints (Part 4): a [`UNet`] draws one map per landmark, trained against rendered
-//! target maps, and each map is decoded back to a point. Its `forward` returns coordinates like
-//! every other [`super::KeypointNet`], so evaluation and prediction share one path.
+//! target maps. Its forward pass returns the maps; [`crate::decode`] turns them into points.
 
 use burn::nn::loss::{MseLoss, Reduction};
 use burn::prelude::*;
@@ -10,13 +9,12 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::unet::{UNet, UNetConfig};
-use crate::data::{Example, Point};
-use crate::heatmap::{
-    HeatmapTarget, ShapePrior, decode_argmax, decode_subpixel, heatmap_cross_entropy,
-};
+use crate::data::Example;
+use crate::decode::Decoding;
+use crate::heatmap::{HeatmapTarget, ShapePrior, TargetKind, heatmap_cross_entropy};
 
 /// What the maps are trained with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HeatmapLoss {
     /// The study's: softmax over each map's pixels, cross-entropy against the target normalised to
@@ -27,15 +25,15 @@ pub enum HeatmapLoss {
     Mse,
 }
 
-/// How a map becomes a point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Decoding {
-    /// The centre of the largest pixel (the study's).
-    Argmax,
-    /// Argmax refined by a parabola through the log-values around the peak.
-    #[default]
-    Subpixel,
+impl std::str::FromStr for HeatmapLoss {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cross-entropy" | "cross_entropy" => Ok(Self::CrossEntropy),
+            "mse" => Ok(Self::Mse),
+            _ => Err(format!("unknown heatmap loss {s:?} (cross-entropy, mse)")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -44,6 +42,7 @@ pub struct HeatmapNetConfig {
     pub unet: UNetConfig,
     pub target: HeatmapTarget,
     pub loss: HeatmapLoss,
+    /// How the maps become points at inference (part of the model's inference contract).
     pub decoding: Decoding,
     /// Add the training faces' [`ShapePrior`] to the logits (cross-entropy only).
     pub use_shape_prior: bool,
@@ -70,7 +69,6 @@ impl HeatmapNetConfig {
             unet: self.unet.init(device),
             target: self.target,
             loss: self.loss,
-            decoding: self.decoding,
             log_prior,
         }
     }
@@ -88,8 +86,6 @@ pub struct HeatmapNet {
     target: HeatmapTarget,
     #[module(skip)]
     loss: HeatmapLoss,
-    #[module(skip)]
-    decoding: Decoding,
     /// `[1, K, H, W]` log-prior added to the logits, if the recipe uses one.
     #[module(skip)]
     log_prior: Option<Tensor<4>>,
@@ -115,33 +111,6 @@ impl HeatmapNet {
         match &self.log_prior {
             Some(prior) => logits + prior.clone(),
             None => logits,
-        }
-    }
-
-    /// `[batch, 1, H, W] -> [batch, 2K]`: decoded points as fractions of width and height.
-    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        let device = images.device();
-        let maps = self.heatmaps(images);
-        let [b, k, h, w] = maps.dims();
-        let values: Vec<f32> = maps
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec()
-            .expect("heatmaps are f32");
-        let coords: Vec<f32> = values
-            .par_chunks(h * w)
-            .flat_map_iter(|map| {
-                let [x, y] = self.decode(map, w);
-                [x / w as f32, y / h as f32]
-            })
-            .collect();
-        Tensor::from_data(TensorData::new(coords, [b, 2 * k]), &device)
-    }
-
-    fn decode(&self, map: &[f32], width: usize) -> Point {
-        match self.decoding {
-            Decoding::Argmax => decode_argmax(map, width),
-            Decoding::Subpixel => decode_subpixel(map, width),
         }
     }
 
@@ -171,10 +140,79 @@ impl HeatmapNet {
             HeatmapLoss::Mse => MseLoss::new().forward(logits, targets, Reduction::Mean),
         }
     }
+}
 
-    /// Switches the decoding (for comparing argmax with sub-pixel refinement on one model).
-    pub fn set_decoding(&mut self, decoding: Decoding) {
-        self.decoding = decoding;
+impl super::Family for HeatmapNetConfig {
+    fn name(&self) -> &'static str {
+        "the heatmap U-Net"
+    }
+    fn options(&self) -> &'static [&'static str] {
+        &[
+            "width",
+            "depth",
+            "target",
+            "sigma",
+            "radius",
+            "heatmap_loss",
+            "shape_prior",
+            "decoding",
+        ]
+    }
+    fn apply(&mut self, o: &super::ModelOverrides) {
+        self.unet.base_width = o.width.unwrap_or(self.unet.base_width);
+        self.unet.depth = o.depth.unwrap_or(self.unet.depth);
+        self.loss = o.heatmap_loss.unwrap_or(self.loss);
+        self.use_shape_prior = o.shape_prior.unwrap_or(self.use_shape_prior);
+        self.decoding = o.decoding.unwrap_or(self.decoding);
+        let kind = o.target.or(match self.target {
+            // A size alone resizes the recipe's own target kind.
+            HeatmapTarget::Gaussian { .. } if o.sigma.is_some() => Some(TargetKind::Gaussian),
+            HeatmapTarget::Binary { .. } if o.radius.is_some() => Some(TargetKind::Binary),
+            _ => None,
+        });
+        if let Some(kind) = kind {
+            self.target = kind.target(o.sigma, o.radius);
+        }
+    }
+    fn input_size(&self) -> (usize, usize) {
+        (self.unet.input_size, self.unet.input_size)
+    }
+    fn set_input_size(&mut self, side: usize) -> bool {
+        self.unet.input_size = side;
+        true
+    }
+    fn set_points(&mut self, points: usize) {
+        self.unet.points = points;
+        // A prior measured for another markup does not fit.
+        if self
+            .shape_prior
+            .as_ref()
+            .is_some_and(|p| p.mean.len() != points)
+        {
+            self.shape_prior = None;
+        }
+    }
+    fn loss_name(&self) -> &'static str {
+        match self.loss {
+            HeatmapLoss::CrossEntropy => "heatmap cross-entropy",
+            HeatmapLoss::Mse => "heatmap MSE",
+        }
+    }
+    fn validation_metric(&self) -> super::ValidationMetric {
+        super::ValidationMetric::TrainingLoss
+    }
+    fn decoding(&self) -> Decoding {
+        self.decoding
+    }
+    fn validate(&self) -> Result<(), String> {
+        let step = 1usize << self.unet.depth.min(16);
+        if self.unet.input_size == 0 || !self.unet.input_size.is_multiple_of(step) {
+            return Err(format!(
+                "the U-Net's input side {} must be a multiple of 2^depth = {step}",
+                self.unet.input_size
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -195,16 +233,17 @@ mod tests {
     }
 
     #[test]
-    fn forward_gives_fractions_inside_the_image() {
+    fn maps_decode_to_fractions_inside_the_image() {
         let device = Device::flex();
         let net = tiny().init(&device);
-        let out = net.forward(Tensor::random(
+        let maps = net.heatmaps(Tensor::random(
             [2, 1, 32, 32],
             burn::tensor::Distribution::Uniform(-0.5, 0.5),
             &device,
         ));
-        assert_eq!(out.dims(), [2, 6]);
-        let values: Vec<f32> = out.into_data().try_to_vec().unwrap();
+        assert_eq!(maps.dims(), [2, 3, 32, 32]);
+        let points = crate::decode::decode_maps(maps, Decoding::Subpixel);
+        let values: Vec<f32> = points.into_data().try_to_vec().unwrap();
         assert!(values.iter().all(|v| (0.0..=1.0).contains(v)), "{values:?}");
     }
 

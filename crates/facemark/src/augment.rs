@@ -103,9 +103,11 @@ pub struct AugmentConfig {
     /// Largest relative contrast change (0.2 draws a factor in `[0.8, 1.2]`).
     pub contrast: f32,
     pub border: BorderFill,
-    /// Mirror half the images left-right. Holds the landmark permutation that a mirror implies
-    /// (`mirror[i]` is the index of point i's mirror partner); `None` never flips.
-    pub flip: Option<Vec<usize>>,
+    /// Mirror half the images left-right, swapping each point with its partner in the landmark
+    /// scheme (a scheme without mirror pairs never flips). Configs written before schemes stored
+    /// the permutation itself here, as `flip`: a list reads as `true`, `null` as `false`.
+    #[serde(alias = "flip", deserialize_with = "flag_or_permutation")]
+    pub mirror: bool,
 }
 
 impl Default for AugmentConfig {
@@ -119,7 +121,7 @@ impl Default for AugmentConfig {
             brightness: 0.1,
             contrast: 0.2,
             border: BorderFill::Replicate,
-            flip: None,
+            mirror: false,
         }
     }
 }
@@ -156,7 +158,14 @@ fn symmetric(rng: &mut impl Rng, max: f32) -> f32 {
 
 impl AugmentConfig {
     /// Draws one transform for an image of `width` x `height` pixels.
-    pub fn draw(&self, rng: &mut impl Rng, width: usize, height: usize) -> AugmentDraw {
+    /// `can_flip` says whether the landmark scheme has mirror pairs.
+    pub fn draw(
+        &self,
+        rng: &mut impl Rng,
+        width: usize,
+        height: usize,
+        can_flip: bool,
+    ) -> AugmentDraw {
         let (w, h) = (width as f32, height as f32);
         let angle = symmetric(rng, self.rotate_degrees).to_radians();
         let shear = symmetric(rng, self.shear);
@@ -168,7 +177,7 @@ impl AugmentConfig {
         let tx = symmetric(rng, self.translate) * w;
         let ty = symmetric(rng, self.translate) * h;
         let (cx, cy) = (w / 2.0, h / 2.0);
-        let flipped = self.flip.is_some() && rng.random_bool(0.5);
+        let flipped = self.mirror && can_flip && rng.random_bool(0.5);
         let mirror = if flipped {
             Affine([-1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
         } else {
@@ -189,15 +198,33 @@ impl AugmentConfig {
         }
     }
 
-    /// Augments `example` with a draw from `rng`.
-    pub fn apply(&self, example: &Example, rng: &mut impl Rng) -> Example {
-        let draw = self.draw(rng, example.width, example.height);
+    /// Augments `example` with a draw from `rng`; `mirror` is the scheme's mirror permutation.
+    pub fn apply(
+        &self,
+        example: &Example,
+        mirror: Option<&[usize]>,
+        rng: &mut impl Rng,
+    ) -> Example {
+        let draw = self.draw(rng, example.width, example.height, mirror.is_some());
         let mut out = warp(example, &draw, self.border);
-        if let (true, Some(mirror)) = (draw.flipped, &self.flip) {
+        if let (true, Some(mirror)) = (draw.flipped, mirror) {
             // A mirrored left eye corner is now a right one: swap partners back into place.
             out.points = mirror.iter().map(|&partner| out.points[partner]).collect();
         }
         out
+    }
+}
+
+/// Reads `mirror` as a flag, or (configs from before landmark schemes) as the permutation list
+/// that `flip` held: a list means mirroring was on.
+fn flag_or_permutation<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Bool(on) => Ok(on),
+        serde_json::Value::Array(_) => Ok(true),
+        serde_json::Value::Null => Ok(false),
+        other => Err(serde::de::Error::custom(format!(
+            "mirror must be true or false, not {other}"
+        ))),
     }
 }
 
@@ -310,7 +337,7 @@ mod tests {
         };
         for index in 0..20 {
             let mut rng = sample_rng(7, 0, index);
-            let out = config.apply(&example, &mut rng);
+            let out = config.apply(&example, None, &mut rng);
             for p in out.points_in(160.0, 120.0) {
                 if p[0] < 3.0 || p[1] < 3.0 || p[0] > 157.0 || p[1] > 117.0 {
                     continue; // pushed off the image
@@ -344,9 +371,9 @@ mod tests {
     #[test]
     fn same_seed_same_draw_and_different_index_different_draw() {
         let config = AugmentConfig::default();
-        let a = config.draw(&mut sample_rng(3, 2, 5), 160, 120);
-        let b = config.draw(&mut sample_rng(3, 2, 5), 160, 120);
-        let c = config.draw(&mut sample_rng(3, 2, 6), 160, 120);
+        let a = config.draw(&mut sample_rng(3, 2, 5), 160, 120, true);
+        let b = config.draw(&mut sample_rng(3, 2, 5), 160, 120, true);
+        let c = config.draw(&mut sample_rng(3, 2, 6), 160, 120, true);
         assert_eq!(a, b);
         assert_ne!(a, c);
     }
@@ -361,14 +388,14 @@ mod tests {
             shear: 0.0,
             brightness: 0.0,
             contrast: 0.0,
-            flip: Some(vec![1, 0, 2]),
+            mirror: true,
             ..AugmentConfig::default()
         };
         let (mut flipped_seen, mut kept_seen) = (false, false);
         for index in 0..16 {
             let mut rng = sample_rng(1, 0, index);
-            let draw = config.draw(&mut sample_rng(1, 0, index), 80, 60);
-            let out = config.apply(&example, &mut rng);
+            let draw = config.draw(&mut sample_rng(1, 0, index), 80, 60, true);
+            let out = config.apply(&example, Some(&[1, 0, 2]), &mut rng);
             // Partners swap places, so each index keeps its position; the midline point stays.
             for (a, b) in out.points.iter().zip(&example.points) {
                 assert!(
@@ -383,7 +410,7 @@ mod tests {
                 // an asymmetric pixel shows the mirror: column 0 goes to column 79.
                 let mut marked = example.clone();
                 marked.pixels[30 * 80] = 0.5;
-                let out = config.apply(&marked, &mut sample_rng(1, 0, index));
+                let out = config.apply(&marked, Some(&[1, 0, 2]), &mut sample_rng(1, 0, index));
                 assert_eq!(out.pixels[30 * 80 + 79], 0.5);
             }
         }

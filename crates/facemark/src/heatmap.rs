@@ -36,6 +36,40 @@ impl Default for HeatmapTarget {
     }
 }
 
+/// Heatmap target shapes as a user names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    /// A 2-D Gaussian (sigma 5 at 224 by default).
+    Gaussian,
+    /// 1 on the keypoint's pixel (and a small disc), 0 elsewhere.
+    Binary,
+}
+
+impl TargetKind {
+    /// The target with an optional size (`sigma` for Gaussians, `radius` for discs).
+    pub fn target(self, sigma: Option<f32>, radius: Option<f32>) -> HeatmapTarget {
+        match self {
+            TargetKind::Gaussian => HeatmapTarget::Gaussian {
+                sigma_at_224: sigma.unwrap_or(5.0),
+            },
+            TargetKind::Binary => HeatmapTarget::Binary {
+                radius: radius.unwrap_or(1.0),
+            },
+        }
+    }
+}
+
+impl std::str::FromStr for TargetKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "gaussian" => Ok(Self::Gaussian),
+            "binary" => Ok(Self::Binary),
+            _ => Err(format!("unknown heatmap target {s:?} (gaussian, binary)")),
+        }
+    }
+}
+
 impl HeatmapTarget {
     /// The map for `point` on a `width` x `height` grid, normalised to sum 1 (the target
     /// distribution that the softmax cross-entropy compares against).

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! RUN/config.json        the full recipe (TrainConfig), written before training starts
+//! RUN/inference.json     the inference contract (input, crop, pixels, scheme, mirroring, decoding)
 //! RUN/state.json         progress: epochs done, loss history, best epoch (resume reads it)
 //! RUN/metrics.csv        epoch,train_loss,val_loss,learning_rate,seconds
 //! RUN/model-last.bpk     weights after the last finished epoch, with optimizer-last.bpk
@@ -21,8 +22,9 @@ use burn::tensor::{DType, Device, Tensor};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::contract::InferenceContract;
 use crate::model::KeypointNet;
-use crate::train::TrainConfig;
+use crate::recipe::TrainConfig;
 
 /// Errors reading or writing a run directory or a shipped model.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +43,7 @@ pub enum RunError {
     },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
-    #[error("{0} already holds a run; pass --resume to continue it or --force to start over")]
+    #[error("{0} already holds a run: resume it, or replace it explicitly")]
     Exists(PathBuf),
     #[error(
         "no model {name:?}: not a run directory, and not among the shipped models in {models} ({available})"
@@ -140,6 +142,9 @@ impl RunDir {
     pub fn config(&self) -> PathBuf {
         self.root.join("config.json")
     }
+    pub fn inference(&self) -> PathBuf {
+        self.root.join("inference.json")
+    }
     pub fn state(&self) -> PathBuf {
         self.root.join("state.json")
     }
@@ -236,12 +241,13 @@ impl ModuleMapper for CastFloats {
 pub fn models_dir() -> PathBuf {
     std::env::var_os("FACEMARK_MODELS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"))
 }
 
-/// A trained model ready to use: its recipe and weights.
+/// A trained model ready to use: its recipe, inference contract and weights.
 pub struct LoadedModel {
     pub config: TrainConfig,
+    pub contract: InferenceContract,
     pub net: KeypointNet,
     /// Where it came from, for messages.
     pub source: PathBuf,
@@ -284,12 +290,31 @@ pub fn load_trained(name_or_dir: &str, device: &Device) -> Result<LoadedModel, R
         (dir.join("config.json"), dir.join("model.bpk"))
     };
     let config: TrainConfig = read_json(&config_path)?;
+    // Runs from before contracts were saved derive theirs from the recipe.
+    let contract_path = config_path.with_file_name("inference.json");
+    let contract = if contract_path.is_file() {
+        read_json(&contract_path)?
+    } else {
+        config.contract()
+    };
     let net = load_model(config.model.init(device), &weights)?;
     Ok(LoadedModel {
         config,
+        contract,
         net,
         source: weights,
     })
+}
+
+/// Copies a run's best weights, in half precision, with its recipe and inference contract, to
+/// the shipped models as `name`; returns the model's folder.
+pub fn ship(run: &Path, name: &str) -> Result<PathBuf, RunError> {
+    let loaded = load_trained(&run.to_string_lossy(), &crate::backend::device())?;
+    let dir = models_dir().join(name);
+    save_model_half(&loaded.net, &dir.join("model.bpk"))?;
+    write_json(&dir.join("config.json"), &loaded.config)?;
+    write_json(&dir.join("inference.json"), &loaded.contract)?;
+    Ok(dir)
 }
 
 #[cfg(test)]
@@ -310,16 +335,17 @@ mod tests {
     #[test]
     fn half_precision_round_trip_is_close() {
         let device = Device::flex();
-        let config = crate::model::ModelConfig::NoseNet(Default::default());
+        let config = crate::model::ModelConfig::nose();
         let net = config.init(&device);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.bpk");
         save_model_half(&net, &path).unwrap();
         let loaded = load_model(config.init(&device), &path).unwrap();
         let x = Tensor::<4>::ones([1, 1, 60, 80], &device);
-        let a: Vec<f32> = net.forward(x.clone()).into_data().try_to_vec().unwrap();
-        let b: Vec<f32> = loaded.forward(x).into_data().try_to_vec().unwrap();
-        for (a, b) in a.iter().zip(&b) {
+        let decoding = crate::decode::Decoding::Subpixel;
+        let a = net.forward(x.clone()).into_point_lists(decoding).concat();
+        let b = loaded.forward(x).into_point_lists(decoding).concat();
+        for (a, b) in a.iter().flatten().zip(b.iter().flatten()) {
             assert!((a - b).abs() < 1e-2, "{a} vs {b}");
         }
     }

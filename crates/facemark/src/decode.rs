@@ -1,0 +1,174 @@
+//! From a network's output to points: regression outputs are points already, heatmaps are decoded
+//! here, in tensor operations, so the decoding runs on the model's device with no copy to the
+//! host and an exported network stays a pure map producer.
+
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// What a keypoint network's forward pass returns.
+pub enum Output {
+    /// `[batch, 2K]`: x0, y0, x1, y1, ... as fractions of the input's width and height.
+    Coordinates(Tensor<2>),
+    /// `[batch, K, H, W]`: one map per landmark (probabilities, or raw values for nets trained
+    /// with a squared error), the largest value at the landmark.
+    Heatmaps(Tensor<4>),
+}
+
+/// How a heatmap becomes a point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decoding {
+    /// The centre of the largest pixel (the study's).
+    Argmax,
+    /// Argmax refined by a parabola through the log-values around the peak.
+    #[default]
+    Subpixel,
+}
+
+impl std::str::FromStr for Decoding {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "argmax" => Ok(Self::Argmax),
+            "subpixel" => Ok(Self::Subpixel),
+            _ => Err(format!("unknown decoding {s:?} (argmax, subpixel)")),
+        }
+    }
+}
+
+impl Output {
+    /// `[batch, K, 2]` points as fractions of the input's width and height.
+    pub fn points(self, decoding: Decoding) -> Tensor<3> {
+        match self {
+            Output::Coordinates(coords) => {
+                let [b, two_k] = coords.dims();
+                coords.reshape([b, two_k / 2, 2])
+            }
+            Output::Heatmaps(maps) => decode_maps(maps, decoding),
+        }
+    }
+
+    /// The points of every face as host vectors (fractions), one `Vec` per face.
+    pub fn into_point_lists(self, decoding: Decoding) -> Vec<Vec<crate::data::Point>> {
+        let points = self.points(decoding);
+        let [b, k, _] = points.dims();
+        let values: Vec<f32> = points
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap_or_default();
+        if values.len() != b * k * 2 {
+            return vec![Vec::new(); b];
+        }
+        values
+            .chunks(2 * k.max(1))
+            .map(|face| face.chunks(2).map(|xy| [xy[0], xy[1]]).collect())
+            .collect()
+    }
+}
+
+/// Decodes `[batch, K, H, W]` maps to `[batch, K, 2]` points (fractions of the map's width and
+/// height): the centre of each map's largest pixel, with [`Decoding::Subpixel`] shifted by a
+/// parabola through the log-values of the peak and its two neighbours per axis (exact for a
+/// Gaussian; at most half a pixel; none at the map's border or where the log-map is not concave).
+pub fn decode_maps(maps: Tensor<4>, decoding: Decoding) -> Tensor<3> {
+    let [b, k, h, w] = maps.dims();
+    let n = b * k;
+    let flat = maps.reshape([n, h * w]);
+    let best = flat.clone().argmax(1); // [n, 1]
+    let bx = best.clone().remainder_scalar(w as i64);
+    let by = best.clone().div_scalar(w as i64);
+    let mut x = bx.clone().float().add_scalar(0.5);
+    let mut y = by.clone().float().add_scalar(0.5);
+    if decoding == Decoding::Subpixel {
+        let log = flat.clamp_min(0.0).add_scalar(1e-12).log();
+        let at = |index: Tensor<2, Int>| log.clone().gather(1, index);
+        let last = (h * w - 1) as i64;
+        let centre = at(best.clone());
+        let offset = |step: i64, inside: Tensor<2, Bool>| {
+            let before = at(best.clone().sub_scalar(step).clamp(0, last));
+            let after = at(best.clone().add_scalar(step).clamp(0, last));
+            parabola_offset(before, centre.clone(), after, inside)
+        };
+        let inside_x = bx
+            .clone()
+            .greater_elem(0)
+            .bool_and(bx.lower_elem(w as i64 - 1));
+        let inside_y = by
+            .clone()
+            .greater_elem(0)
+            .bool_and(by.lower_elem(h as i64 - 1));
+        x = x + offset(1, inside_x);
+        y = y + offset(w as i64, inside_y);
+    }
+    let x = x.div_scalar(w as f32);
+    let y = y.div_scalar(h as f32);
+    Tensor::cat(vec![x, y], 1).reshape([b, k, 2])
+}
+
+/// The vertex of the parabola through `(−1, before)`, `(0, centre)`, `(1, after)`, clamped to
+/// half a pixel; 0 where `valid` is false or the parabola does not open downwards.
+fn parabola_offset(
+    before: Tensor<2>,
+    centre: Tensor<2>,
+    after: Tensor<2>,
+    valid: Tensor<2, Bool>,
+) -> Tensor<2> {
+    let curvature = before.clone() - centre.mul_scalar(2.0) + after.clone();
+    let use_it = valid.bool_and(curvature.clone().lower_elem(0.0));
+    let vertex = ((before - after).mul_scalar(0.5) / curvature).clamp(-0.5, 0.5);
+    vertex.zeros_like().mask_where(use_it, vertex)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heatmap::{HeatmapTarget, decode_argmax, decode_subpixel};
+
+    fn maps_tensor(maps: &[Vec<f32>], side: usize) -> Tensor<4> {
+        let values: Vec<f32> = maps.iter().flatten().copied().collect();
+        Tensor::from_data(
+            TensorData::new(values, [1, maps.len(), side, side]),
+            &Device::flex(),
+        )
+    }
+
+    #[test]
+    fn tensor_decoding_equals_the_reference_on_every_kind_of_peak() {
+        let side = 28;
+        let mut maps = vec![
+            HeatmapTarget::Gaussian { sigma_at_224: 9.0 }.render([10.3, 17.8], side, side),
+            HeatmapTarget::Binary { radius: 1.0 }.render([5.5, 20.2], side, side),
+            // Peaks on the border: no refinement along that axis.
+            HeatmapTarget::Gaussian { sigma_at_224: 9.0 }.render([0.2, 27.9], side, side),
+        ];
+        // Raw (MSE-style) maps with negative values.
+        maps.push(maps[0].iter().map(|v| v * 3.0 - 0.01).collect());
+        let decoded = Output::Heatmaps(maps_tensor(&maps, side));
+        for decoding in [Decoding::Argmax, Decoding::Subpixel] {
+            let got = Output::Heatmaps(maps_tensor(&maps, side)).into_point_lists(decoding);
+            for (map, point) in maps.iter().zip(&got[0]) {
+                let reference = match decoding {
+                    Decoding::Argmax => decode_argmax(map, side),
+                    Decoding::Subpixel => decode_subpixel(map, side),
+                };
+                let expected = [reference[0] / side as f32, reference[1] / side as f32];
+                assert!(
+                    (point[0] - expected[0]).abs() < 1e-5 && (point[1] - expected[1]).abs() < 1e-5,
+                    "{decoding:?}: {point:?} vs {expected:?}"
+                );
+            }
+        }
+        assert_eq!(decoded.points(Decoding::Subpixel).dims(), [1, 4, 2]);
+    }
+
+    #[test]
+    fn coordinates_pass_through_as_pairs() {
+        let coords = Tensor::<2>::from_data(
+            TensorData::new(vec![0.1f32, 0.2, 0.3, 0.4], [1, 4]),
+            &Device::flex(),
+        );
+        let points = Output::Coordinates(coords).into_point_lists(Decoding::Subpixel);
+        assert_eq!(points, vec![vec![[0.1, 0.2], [0.3, 0.4]]]);
+    }
+}

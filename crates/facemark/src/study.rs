@@ -1,0 +1,517 @@
+//! Experiments a library user can run: one training run with its report, a study (a part of the
+//! course's study: several arms, their summary table and comparison figures), and comparisons of
+//! several runs' loss curves or several models' CED curves.
+
+use std::path::{Path, PathBuf};
+
+use crate::data::DataError;
+use crate::dataset::{DETECTOR_TRAIN_LABELS, Dataset, read_labels};
+use crate::decode::Decoding;
+use crate::eval::LandmarkMetrics;
+use crate::figures::{self, Curve, FigureError};
+use crate::inference::Predictor;
+use crate::model::ModelOverrides;
+use crate::recipe::{Overrides, RecipeError, RecipeKind, Task, TrainConfig, TrainingBoxes};
+use crate::report::{self, EvalSummary, ReportError};
+use crate::run::{RunDir, RunError, models_dir, write_atomic, write_json};
+use crate::train::{TrainError, load_data};
+
+/// 300-W's test faces with tight boxes, and with the boxes dlib's HOG detector found (221 of 224),
+/// relative to the data folder.
+pub const TEST_LABELS: &str = "ibug_300w/labels_300w_test.xml";
+pub const HOGBOX_TEST_LABELS: &str = "ibug_300w/labels_300w_test_hogbox.xml";
+
+/// Errors of an experiment.
+#[derive(Debug, thiserror::Error)]
+pub enum StudyError {
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Figure(#[from] FigureError),
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    #[error("{0}")]
+    Unsuitable(String),
+}
+
+/// Where a training run goes and what happens to an existing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse to touch a directory that holds a run.
+    Refuse,
+    /// Continue the run in it from its last checkpoint.
+    Resume,
+    /// Delete it and start over.
+    Replace,
+}
+
+/// Trains `config` on `data` into `dir` and writes the run's report (evaluation and figures).
+pub fn train_and_report(
+    config: &TrainConfig,
+    data: &Dataset,
+    dir: &Path,
+    existing: Existing,
+    show_progress: bool,
+) -> Result<(EvalSummary, crate::train::TrainOutcome), StudyError> {
+    let run = RunDir::new(dir);
+    if run.exists() {
+        match existing {
+            Existing::Refuse => return Err(RunError::Exists(dir.to_owned()).into()),
+            Existing::Replace => {
+                std::fs::remove_dir_all(dir).map_err(|source| RunError::Write {
+                    path: dir.to_owned(),
+                    source,
+                })?
+            }
+            Existing::Resume => {}
+        }
+    }
+    let resume = existing == Existing::Resume;
+    let outcome = crate::train::train(config, data, &run, resume, show_progress)?;
+    let summary = report::write_report(&run, &outcome.config, data, &outcome.state, &outcome.best)?;
+    Ok((summary, outcome))
+}
+
+/// Evaluates a model (run directory or shipped name) on `labels` (a dlib XML file or .pts
+/// folder; face-box models only), or without labels on its own validation split from the data
+/// folder; `decoding` overrides its heatmap decoding.
+pub fn evaluate_model(
+    name: &str,
+    labels: Option<&Path>,
+    data_root: &Path,
+    decoding: Option<Decoding>,
+) -> Result<(Predictor, Dataset, report::Evaluation), StudyError> {
+    let mut predictor = Predictor::load(name)?;
+    if let Some(decoding) = decoding {
+        predictor.model.contract.decoding = decoding;
+    }
+    let contract = &predictor.model.contract;
+    let data = match (labels, contract.crop()) {
+        (Some(path), Some(crop)) => {
+            Dataset::for_evaluation(&read_labels(path)?, &crop, &contract.scheme)?
+        }
+        (Some(_), None) => {
+            return Err(StudyError::Unsuitable(format!(
+                "labels need a face-box model; {name} evaluates on its own validation split"
+            )));
+        }
+        (None, _) => load_data(&predictor.model.config, data_root)?,
+    };
+    let evaluation = report::evaluate(&predictor.model.net, &predictor.model.contract, &data, name);
+    Ok((predictor, data, evaluation))
+}
+
+/// One arm of a study: a recipe and the changes to it.
+pub struct Arm {
+    pub name: &'static str,
+    pub recipe: RecipeKind,
+    pub overrides: Overrides,
+    /// The `facemark train` flags that make the same run, for the summary table.
+    pub flags: &'static str,
+}
+
+impl Arm {
+    fn new(
+        name: &'static str,
+        recipe: RecipeKind,
+        flags: &'static str,
+        overrides: Overrides,
+    ) -> Self {
+        Self {
+            name,
+            recipe,
+            overrides,
+            flags,
+        }
+    }
+
+    /// The arm's recipe for `task`.
+    pub fn config(&self, task: Task) -> Result<TrainConfig, RecipeError> {
+        let mut config = TrainConfig::recipe(task, self.recipe);
+        self.overrides.apply(&mut config)?;
+        Ok(config)
+    }
+}
+
+fn model(o: ModelOverrides) -> Overrides {
+    Overrides {
+        model: o,
+        ..Default::default()
+    }
+}
+
+/// The arms of one part of the study.
+pub fn study_arms(task: Task) -> Vec<Arm> {
+    use RecipeKind::{Best, Study};
+    let none = Overrides::default;
+    match task {
+        Task::Nose => vec![
+            Arm::new("study", Study, "", none()),
+            Arm::new(
+                "lr_1e-4",
+                Study,
+                "--lr 1e-4",
+                Overrides {
+                    learning_rate: Some(1e-4),
+                    ..none()
+                },
+            ),
+            Arm::new(
+                "width_12",
+                Study,
+                "--width 12",
+                model(ModelOverrides {
+                    width: Some(12),
+                    ..Default::default()
+                }),
+            ),
+            Arm::new("best", Best, "--recipe best", none()),
+        ],
+        Task::Imm58 => vec![
+            Arm::new("avg_pool", Study, "", none()),
+            Arm::new(
+                "max_pool",
+                Study,
+                "--pooling max",
+                model(ModelOverrides {
+                    pooling: Some(crate::model::Pooling::Max),
+                    ..Default::default()
+                }),
+            ),
+            Arm::new(
+                "no_augment",
+                Study,
+                "--no-augment",
+                Overrides {
+                    no_augment: true,
+                    ..none()
+                },
+            ),
+            Arm::new("best", Best, "--recipe best", none()),
+        ],
+        // About 40 minutes each on 2 cores (resumable: rerun the study to continue).
+        Task::Ibug68 => vec![
+            Arm::new(
+                "tight",
+                Best,
+                "--recipe best --train-boxes tight",
+                Overrides {
+                    training_boxes: Some(TrainingBoxes::Given),
+                    ..none()
+                },
+            ),
+            Arm::new(
+                "detector",
+                Best,
+                "--recipe best --train-boxes detector",
+                Overrides {
+                    training_boxes: Some(TrainingBoxes::Detector),
+                    ..none()
+                },
+            ),
+            Arm::new("both", Best, "--recipe best", none()),
+        ],
+        // About 80 minutes each on 2 cores.
+        Task::Heatmap => vec![
+            Arm::new("gaussian", Best, "--recipe best", none()),
+            Arm::new(
+                "binary",
+                Best,
+                "--recipe best --target binary",
+                model(ModelOverrides {
+                    target: Some(crate::heatmap::TargetKind::Binary),
+                    ..Default::default()
+                }),
+            ),
+        ],
+    }
+}
+
+/// A finished study.
+pub struct StudyReport {
+    /// The summary table (markdown), also written to `summary.md`.
+    pub table: String,
+    /// Each arm's run directory.
+    pub runs: Vec<PathBuf>,
+}
+
+/// Runs (or resumes) every arm of a part of the study into `runs_root/<task>/<arm>`, copies their
+/// small outputs into `out/<arm>` and writes the summary table and comparison figures into `out`.
+pub fn run_study(
+    task: Task,
+    data_root: &Path,
+    out: &Path,
+    runs_root: &Path,
+    show_progress: bool,
+) -> Result<StudyReport, StudyError> {
+    let mut table = String::from(match task {
+        Task::Heatmap => {
+            "| run | command | best epoch | val NME (tight boxes) | val NME (detector boxes) | test NME (tight) | test NME (hogbox) | hogbox AUC@0.08 | hogbox failures@0.10 | test NME, argmax (tight) | test NME, argmax (hogbox) |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+        }
+        Task::Ibug68 => {
+            "| run | command | best epoch | val NME (tight boxes) | val NME (detector boxes) | test NME (tight) | test NME (hogbox) | hogbox AUC@0.08 | hogbox failures@0.10 |\n|---|---|---|---|---|---|---|---|---|\n"
+        }
+        Task::Nose | Task::Imm58 => {
+            "| run | command | best epoch | val MSE | mean error (px, 640x480) | median (px) | mean shape (px) |\n|---|---|---|---|---|---|---|\n"
+        }
+    });
+    let mut runs = Vec::new();
+    // Arms that crop from other boxes need their own training data.
+    let mut loaded: Option<(crate::dataset::FaceDataConfig, Dataset)> = None;
+    for arm in study_arms(task) {
+        let config = arm.config(task)?;
+        if loaded
+            .as_ref()
+            .is_none_or(|(faces, _)| *faces != config.faces)
+        {
+            loaded = Some((config.faces.clone(), load_data(&config, data_root)?));
+        }
+        let Some((_, data)) = loaded.as_ref() else {
+            unreachable!("loaded just above")
+        };
+        let dir = runs_root.join(task.name()).join(arm.name);
+        let existing = if RunDir::new(&dir).exists() {
+            Existing::Resume
+        } else {
+            Existing::Refuse
+        };
+        let (summary, outcome) = train_and_report(&config, data, &dir, existing, show_progress)?;
+        let command = format!("`facemark train {} {}`", task.name(), arm.flags);
+        let best_epoch = outcome.state.best_epoch.unwrap_or(0);
+        copy_results(&dir, &out.join(arm.name))?;
+        if task.crops_faces() {
+            let m = face_study_metrics(&dir, data, data_root, &out.join(arm.name))?;
+            let argmax = m
+                .argmax
+                .map(|[test, hogbox]| format!(" {:.2} % | {:.2} % |", test.nme, hogbox.nme))
+                .unwrap_or_default();
+            table.push_str(&format!(
+                "| {} | {command} | {best_epoch} | {:.2} % | {:.2} % | {:.2} % | {:.2} % | {:.3} | {:.1} % |{argmax}\n",
+                arm.name,
+                m.val.nme,
+                m.val_detector.nme,
+                m.test.nme,
+                m.hogbox.nme,
+                m.hogbox.auc_0_08,
+                100.0 * m.hogbox.failure_rate_0_10,
+            ));
+        } else {
+            table.push_str(&format!(
+                "| {} | {command} | {best_epoch} | {:.5} | {:.2} | {:.2} | {:.2} |\n",
+                arm.name,
+                summary.mse,
+                summary.mean_px_error,
+                summary.median_px_error,
+                summary.mean_shape_px_error.unwrap_or(f64::NAN)
+            ));
+        }
+        runs.push(dir);
+    }
+    compare_losses(&runs, &out.join("comparison.png"))?;
+    if task.crops_faces() {
+        // Heatmap curves against the shipped ResNet18 (Part 3), when there is one.
+        let mut models: Vec<String> = runs.iter().map(|r| r.to_string_lossy().into()).collect();
+        if task == Task::Heatmap && models_dir().join("ibug68").is_dir() {
+            models.push("ibug68".into());
+        }
+        for (labels, figure) in [
+            (TEST_LABELS, "ced_test.png"),
+            (HOGBOX_TEST_LABELS, "ced_test_hogbox.png"),
+        ] {
+            compare_ced(&models, &data_root.join(labels), &out.join(figure))?;
+        }
+    }
+    write_atomic(&out.join("summary.md"), table.as_bytes())?;
+    Ok(StudyReport { table, runs })
+}
+
+/// Draws the validation and training loss curves of several runs on one plot.
+pub fn compare_losses(runs: &[PathBuf], out: &Path) -> Result<(), StudyError> {
+    let mut curves = Vec::new();
+    let mut loss_names = Vec::new();
+    for dir in runs {
+        let run = RunDir::new(dir);
+        let state = run.read_state()?;
+        let loss_name = run.read_config()?.model.loss_name();
+        if !loss_names.contains(&loss_name) {
+            loss_names.push(loss_name);
+        }
+        let name = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        curves.push(Curve {
+            label: format!("{name} (validation)"),
+            values: state.history.iter().map(|r| r.val_loss as f32).collect(),
+            dashed: false,
+        });
+        curves.push(Curve {
+            label: format!("{name} (training)"),
+            values: state.history.iter().map(|r| r.train_loss as f32).collect(),
+            dashed: true,
+        });
+    }
+    let y_label = format!("loss ({})", loss_names.join(" / "));
+    figures::loss_curves(out, "loss per epoch", &y_label, &curves)?;
+    Ok(())
+}
+
+/// Evaluates each model (run directory or shipped name) on `labels` and draws their CED curves
+/// on one plot; returns each model's metrics.
+pub fn compare_ced(
+    models: &[String],
+    labels: &Path,
+    out: &Path,
+) -> Result<Vec<(String, LandmarkMetrics)>, StudyError> {
+    let images = read_labels(labels)?;
+    let mut curves = Vec::new();
+    let mut measured = Vec::new();
+    for name in models {
+        let predictor = Predictor::load(name)?;
+        let contract = &predictor.model.contract;
+        let Some(crop) = contract.crop() else {
+            return Err(StudyError::Unsuitable(format!(
+                "{name} is not a face-box model: CED curves need face-box models"
+            )));
+        };
+        let data = Dataset::for_evaluation(&images, &crop, &contract.scheme)?;
+        let evaluation = report::evaluate(&predictor.model.net, contract, &data, name);
+        let Some(metrics) = evaluation.summary.landmarks else {
+            return Err(StudyError::Unsuitable(format!(
+                "{name} found no faces in {}",
+                labels.display()
+            )));
+        };
+        let label = Path::new(name)
+            .file_name()
+            .map_or_else(|| name.clone(), |f| f.to_string_lossy().into_owned());
+        curves.push(Curve {
+            label: format!("{label} ({:.2} %)", metrics.nme),
+            values: metrics.per_image_nme.iter().map(|&v| v as f32).collect(),
+            dashed: false,
+        });
+        measured.push((label, metrics));
+    }
+    let title = format!(
+        "cumulative error distribution on {}",
+        labels.file_name().unwrap_or_default().to_string_lossy()
+    );
+    figures::ced_curves(out, &title, &curves, 0.10)?;
+    Ok(measured)
+}
+
+/// A face-box run's best model measured for the study table.
+struct FaceStudyMetrics {
+    val: LandmarkMetrics,
+    /// The validation faces cropped from the detector's boxes.
+    val_detector: LandmarkMetrics,
+    test: LandmarkMetrics,
+    hogbox: LandmarkMetrics,
+    /// Heatmap models: the test sets again with argmax decoding.
+    argmax: Option<[LandmarkMetrics; 2]>,
+}
+
+/// A face-box run's best model on its validation faces (given, then detector boxes) and on both
+/// test sets; writes `test.json`, `test_hogbox.json` and their figures into `dest`.
+fn face_study_metrics(
+    run: &Path,
+    data: &Dataset,
+    data_root: &Path,
+    dest: &Path,
+) -> Result<FaceStudyMetrics, StudyError> {
+    let mut predictor = Predictor::load(&run.to_string_lossy())?;
+    let name = predictor.model.config.task.name();
+    let crop = predictor.model.config.crop().clone();
+    let measure = |predictor: &Predictor, data: &Dataset, figures: Option<&str>| {
+        let (net, contract) = (&predictor.model.net, &predictor.model.contract);
+        let evaluation = report::evaluate(net, contract, data, name);
+        if let Some(prefix) = figures {
+            write_json(&dest.join(format!("{prefix}.json")), &evaluation.summary)?;
+            report::write_evaluation_figures(
+                &dest.join(prefix),
+                prefix,
+                net,
+                contract,
+                data,
+                &evaluation,
+            )?;
+        }
+        evaluation
+            .summary
+            .landmarks
+            .ok_or_else(|| StudyError::Unsuitable("no faces to measure".into()))
+    };
+    let detector_boxes = read_labels(&data_root.join(DETECTOR_TRAIN_LABELS))?;
+    let scheme = &predictor.model.contract.scheme;
+    let test = |labels: &str| -> Result<Dataset, StudyError> {
+        let images = read_labels(&data_root.join(labels))?;
+        Ok(Dataset::for_evaluation(&images, &crop, scheme)?)
+    };
+    let (test_data, hogbox_data) = (test(TEST_LABELS)?, test(HOGBOX_TEST_LABELS)?);
+    let mut measured = FaceStudyMetrics {
+        val: measure(&predictor, data, None)?,
+        val_detector: measure(
+            &predictor,
+            &data.validation_with_boxes(&crop, &detector_boxes)?,
+            None,
+        )?,
+        test: measure(&predictor, &test_data, Some("test"))?,
+        hogbox: measure(&predictor, &hogbox_data, Some("test_hogbox"))?,
+        argmax: None,
+    };
+    if predictor.model.config.model.validation_metric()
+        == crate::model::ValidationMetric::TrainingLoss
+    {
+        predictor.model.contract.decoding = Decoding::Argmax;
+        measured.argmax = Some([
+            measure(&predictor, &test_data, None)?,
+            measure(&predictor, &hogbox_data, None)?,
+        ]);
+    }
+    Ok(measured)
+}
+
+/// Copies a run's small outputs (config, metrics, evaluation, figures) into `dest`.
+fn copy_results(run: &Path, dest: &Path) -> Result<(), RunError> {
+    let copy = |from: PathBuf, to: PathBuf| -> Result<(), RunError> {
+        let bytes = std::fs::read(&from).map_err(|source| RunError::Read { path: from, source })?;
+        write_atomic(&to, &bytes)
+    };
+    for file in ["config.json", "metrics.csv", "eval.json"] {
+        copy(run.join(file), dest.join(file))?;
+    }
+    let figures = run.join("figures");
+    let entries = std::fs::read_dir(&figures).map_err(|source| RunError::Read {
+        path: figures.clone(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        copy(path.clone(), dest.join("figures").join(entry.file_name()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_arm_builds_a_valid_recipe() {
+        for task in Task::ALL {
+            let arms = study_arms(task);
+            assert!(!arms.is_empty());
+            for arm in arms {
+                arm.config(task)
+                    .unwrap_or_else(|e| panic!("{} {}: {e}", task.name(), arm.name));
+            }
+        }
+    }
+}

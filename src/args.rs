@@ -1,0 +1,351 @@
+//! The command line: clap's flags, and their translation into the library's settings
+//! ([`Overrides`]) and messages (library option names back to flags).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use facemark::data::FaceBox;
+use facemark::decode::Decoding;
+use facemark::heatmap::TargetKind;
+use facemark::model::{HeatmapLoss, ModelOverrides, Pooling};
+use facemark::recipe::{Overrides, RecipeKind, Schedule, Task, TrainingBoxes};
+
+#[derive(Parser)]
+#[command(
+    name = "facemark",
+    version,
+    about = "Train, evaluate and run facial-keypoint networks"
+)]
+pub struct Cli {
+    /// Folder holding the data sets (imm_face_db/, ibug_300w/, ...).
+    #[arg(long, global = true, env = "FACEMARK_DATA", default_value = "data")]
+    pub data: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Train a model into a run directory, then evaluate it and draw its figures.
+    Train(TrainArgs),
+    /// Run a whole part of the study (all its runs, metrics and figures) into a results folder.
+    Study {
+        /// nose, imm58, ibug68 or heatmap.
+        task: Task,
+        /// Where metrics and figures go (checked into results/).
+        #[arg(long)]
+        out: PathBuf,
+        /// Where the runs' checkpoints go.
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+    },
+    /// Evaluate a model on its validation split, or on any labelled face set.
+    Eval {
+        /// A run directory or a shipped model's name (nose, imm58, ibug68, heatmap).
+        #[arg(long)]
+        model: String,
+        /// A dlib XML file or a folder of image + .pts pairs to evaluate on (face-box models).
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Also draw the best and worst faces, per-landmark errors and the CED here.
+        #[arg(long)]
+        figures: Option<PathBuf>,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Decode a heatmap model's maps this way instead of as trained (argmax, subpixel).
+        #[arg(long)]
+        decode: Option<Decoding>,
+    },
+    /// Find landmarks in images.
+    Predict {
+        #[arg(long)]
+        model: String,
+        /// Images; with --boxes, the images the XML names are used instead.
+        #[arg(required_unless_present = "boxes")]
+        images: Vec<PathBuf>,
+        /// The face box `left,top,width,height` in every image (face-box models).
+        #[arg(long = "box", value_parser = parse_box, allow_hyphen_values = true)]
+        face_box: Option<FaceBox>,
+        /// Face boxes (and images) from a dlib XML file (face-box models).
+        #[arg(long)]
+        boxes: Option<PathBuf>,
+        /// Print CSV (image,point,x,y) instead of JSON.
+        #[arg(long)]
+        csv: bool,
+        /// Write each image with its points drawn into this folder.
+        #[arg(long)]
+        draw: Option<PathBuf>,
+        /// Write one .pts file per face into this folder.
+        #[arg(long)]
+        pts: Option<PathBuf>,
+        /// Write the predictions as a dlib XML file.
+        #[arg(long)]
+        xml: Option<PathBuf>,
+    },
+    /// Predict every face of a label file and write the course's competition CSV (Id,Predicted).
+    Export {
+        #[arg(long)]
+        model: String,
+        /// dlib XML whose boxes (and image order) are used.
+        #[arg(long)]
+        labels: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Draw the first convolution layer's filters.
+    Filters {
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value = "filters.png")]
+        out: PathBuf,
+    },
+    /// Draw the loss curves of several runs on one plot, or with --labels the CED curves of
+    /// several models (run directories or shipped names) on one label set.
+    Compare {
+        #[arg(required = true)]
+        runs: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+        /// A dlib XML file or .pts folder: compare CED curves on it.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+    },
+    /// Copy a run's best weights, in half precision, to the shipped models as NAME.
+    Ship {
+        run: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Measure training and inference throughput (JSON lines).
+    Bench {
+        /// A run directory, a shipped model, or a task name (its recipe, freshly initialised).
+        #[arg(long, default_value = "nose")]
+        model: String,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Task names: measure the best recipe (with its augmentation) instead of the study's.
+        #[arg(long)]
+        augment: bool,
+        /// Input side of face-box networks (224, 160, 112, ...).
+        #[arg(long)]
+        size: Option<usize>,
+    },
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// nose, imm58, ibug68 (ResNet18) or heatmap (U-Net).
+    pub task: Task,
+    /// Run directory to create.
+    #[arg(long, conflicts_with = "resume")]
+    pub out: Option<PathBuf>,
+    /// Continue an interrupted run in this directory (flags may only repeat its recipe).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Replace an existing run in --out.
+    #[arg(long)]
+    pub force: bool,
+    /// Start from the study's recipe or from facemark's best (study, best).
+    #[arg(long, value_parser = parse_recipe, default_value = "study")]
+    pub recipe: RecipeKind,
+    /// Train a face-box model on these labels instead (dlib XML or a folder of image + .pts
+    /// pairs, any point count).
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Learning rate (Adam).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// constant or cosine.
+    #[arg(long)]
+    pub schedule: Option<Schedule>,
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Width of the first convolutions (NoseNet: 20 in the study; U-Net: base width).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Pooling between ImmNet's convolutions (avg, max).
+    #[arg(long)]
+    pub pooling: Option<Pooling>,
+    /// Batch normalisation after each ImmNet convolution.
+    #[arg(long)]
+    pub batch_norm: bool,
+    /// Dropout probability before the output layer.
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// Turn the recipe's augmentation off.
+    #[arg(long)]
+    pub no_augment: bool,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Input side of face-box networks (224 as in the study; 160 or 112 for CPU budgets).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Which boxes face-box training crops start from (tight, detector, both).
+    #[arg(long, value_parser = parse_training_boxes)]
+    pub train_boxes: Option<TrainingBoxes>,
+    /// Heatmap target shape (gaussian, binary).
+    #[arg(long)]
+    pub target: Option<TargetKind>,
+    /// Gaussian target's sigma in pixels at 224 (scaled with the map size).
+    #[arg(long)]
+    pub sigma: Option<f32>,
+    /// Binary target's disc radius in map pixels (the keypoint's pixel is always marked).
+    #[arg(long)]
+    pub radius: Option<f32>,
+    /// Heatmap loss (cross-entropy, mse).
+    #[arg(long)]
+    pub heatmap_loss: Option<HeatmapLoss>,
+    /// U-Net depth (number of poolings).
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Add the training faces' mean shape as a log-prior to the heatmap logits (true/false).
+    #[arg(long)]
+    pub shape_prior: Option<bool>,
+    /// Print the recipe (flags applied) as JSON and exit without training.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl TrainArgs {
+    /// The flags as the library's recipe overrides.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            learning_rate: self.lr,
+            schedule: self.schedule,
+            weight_decay: self.weight_decay,
+            seed: self.seed,
+            no_augment: self.no_augment,
+            input_size: self.size,
+            training_boxes: self.train_boxes,
+            labels: self.labels.as_ref().map(|p| {
+                // A label file the user names is found from the working folder; otherwise it
+                // is looked up in the data folder.
+                std::path::absolute(p)
+                    .ok()
+                    .filter(|a| a.exists())
+                    .unwrap_or_else(|| p.clone())
+            }),
+            model: ModelOverrides {
+                width: self.width,
+                pooling: self.pooling,
+                batch_norm: self.batch_norm,
+                dropout: self.dropout,
+                depth: self.depth,
+                target: self.target,
+                sigma: self.sigma,
+                radius: self.radius,
+                heatmap_loss: self.heatmap_loss,
+                shape_prior: self.shape_prior,
+                decoding: None,
+            },
+        }
+    }
+}
+
+/// The flag that sets a library option, for messages.
+pub fn flag(option: &str) -> String {
+    let name = match option {
+        "learning_rate" => "lr",
+        "input_size" => "size",
+        "training_boxes" => "train-boxes",
+        "decoding" => "decode",
+        other => other,
+    };
+    format!("--{}", name.replace('_', "-"))
+}
+
+fn parse_recipe(text: &str) -> Result<RecipeKind, String> {
+    match text {
+        "study" => Ok(RecipeKind::Study),
+        "best" => Ok(RecipeKind::Best),
+        _ => Err("expected study or best".into()),
+    }
+}
+
+fn parse_training_boxes(text: &str) -> Result<TrainingBoxes, String> {
+    match text {
+        "tight" => Ok(TrainingBoxes::Given),
+        "detector" => Ok(TrainingBoxes::Detector),
+        "both" => Ok(TrainingBoxes::Both),
+        _ => Err("expected tight, detector or both".into()),
+    }
+}
+
+/// `left,top,width,height` -> a face box.
+pub fn parse_box(text: &str) -> Result<FaceBox, String> {
+    let v: Vec<f32> = text
+        .split(',')
+        .map(|s| s.trim().parse::<f32>().map_err(|e| format!("{s:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    match v[..] {
+        [left, top, width, height] if width > 0.0 && height > 0.0 => Ok(FaceBox {
+            left,
+            top,
+            width,
+            height,
+        }),
+        _ => Err("expected left,top,width,height with a positive width and height".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use facemark::study::study_arms;
+
+    /// Each study arm's documented flags make the same recipe as its typed overrides.
+    #[test]
+    fn study_arm_flags_match_their_overrides() {
+        for task in Task::ALL {
+            for arm in study_arms(task) {
+                let mut argv = vec!["facemark", "train", task.name()];
+                argv.extend(arm.flags.split_whitespace());
+                let Cli {
+                    command: Command::Train(args),
+                    ..
+                } = Cli::try_parse_from(&argv).unwrap()
+                else {
+                    panic!("train parses to Train")
+                };
+                let mut from_flags = facemark::recipe::TrainConfig::recipe(task, args.recipe);
+                args.overrides().apply(&mut from_flags).unwrap();
+                assert_eq!(from_flags, arm.config(task).unwrap(), "{}", arm.name);
+            }
+        }
+    }
+
+    #[test]
+    fn negative_box_coordinates_parse() {
+        let cli = Cli::try_parse_from([
+            "facemark",
+            "predict",
+            "--model",
+            "heatmap",
+            "x.jpg",
+            "--box",
+            "-50,-10,100,120",
+        ])
+        .unwrap();
+        let Command::Predict { face_box, .. } = cli.command else {
+            panic!("predict")
+        };
+        assert_eq!(face_box.unwrap().left, -50.0);
+    }
+
+    #[test]
+    fn library_options_map_to_flags() {
+        assert_eq!(flag("training_boxes"), "--train-boxes");
+        assert_eq!(flag("heatmap_loss"), "--heatmap-loss");
+        assert_eq!(flag("input_size"), "--size");
+    }
+}
