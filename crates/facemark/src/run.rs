@@ -241,7 +241,15 @@ impl ModuleMapper for CastFloats {
 pub fn models_dir() -> PathBuf {
     std::env::var_os("FACEMARK_MODELS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+        .unwrap_or_else(|| {
+            // The repository root holds models/; this crate sits in crates/facemark.
+            let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+            crate_dir
+                .ancestors()
+                .nth(2)
+                .unwrap_or(crate_dir)
+                .join("models")
+        })
 }
 
 /// A trained model ready to use: its recipe, inference contract and weights.
@@ -289,7 +297,9 @@ pub fn load_trained(name_or_dir: &str, device: &Device) -> Result<LoadedModel, R
         }
         (dir.join("config.json"), dir.join("model.bpk"))
     };
-    let config: TrainConfig = read_json(&config_path)?;
+    let mut config: TrainConfig = read_json(&config_path)?;
+    // Configs from before landmark schemes name theirs explicitly from now on.
+    config.scheme = Some(config.scheme());
     // Runs from before contracts were saved derive theirs from the recipe.
     let contract_path = config_path.with_file_name("inference.json");
     let contract = if contract_path.is_file() {

@@ -4,9 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::Point;
 use crate::data::ibug::{IBUG_MIRROR, IBUG_POINTS};
 use crate::data::imm::{IMM_MIRROR, IMM_POINTS};
+use crate::data::{Point, derive_mirror};
 
 /// A distance that errors are divided by: from the mean of the `from` points to the mean of the
 /// `to` points of the true shape (the outer eye corners, say, or the two eye centres).
@@ -186,32 +186,6 @@ impl LandmarkScheme {
         }
         Ok(())
     }
-}
-
-/// Each point's left/right partner, derived from a mean shape: mirrored about its own vertical
-/// midline, each point's partner is the nearest point. `None` unless that pairing is a consistent
-/// involution (partner of partner is self), which is how dlib-style markups without a stated
-/// symmetry still get mirror augmentation when their shape is symmetric.
-pub fn derive_mirror(mean_shape: &[Point]) -> Option<Vec<usize>> {
-    let k = mean_shape.len();
-    if k == 0 {
-        return None;
-    }
-    let midline = mean_shape.iter().map(|p| p[0]).sum::<f32>() / k as f32;
-    let partner: Vec<usize> = mean_shape
-        .iter()
-        .map(|p| {
-            let mirrored = [2.0 * midline - p[0], p[1]];
-            let d =
-                |i: usize| (mean_shape[i][0] - mirrored[0]).hypot(mean_shape[i][1] - mirrored[1]);
-            (0..k).min_by(|&a, &b| d(a).total_cmp(&d(b))).unwrap_or(0)
-        })
-        .collect();
-    partner
-        .iter()
-        .enumerate()
-        .all(|(i, &j)| partner[j] == i)
-        .then_some(partner)
 }
 
 #[cfg(test)]

@@ -13,8 +13,7 @@ use crate::batch::images_tensor;
 use crate::contract::predict_examples;
 use crate::data::{DataError, Example, Point};
 use crate::dataset::{DataSource, Dataset, Sampling};
-use crate::heatmap::ShapePrior;
-use crate::model::{KeypointNet, ModelConfig, ValidationMetric};
+use crate::model::{KeypointNet, ValidationMetric};
 use crate::recipe::{RecipeError, Task, TrainConfig};
 use crate::run::{EpochRecord, RunDir, RunError, RunState, save_model, write_json};
 
@@ -192,25 +191,23 @@ pub fn train(
 }
 
 /// `config` completed with what it measures on the training data before it starts: the landmark
-/// scheme of labels that bring their own (and the network's output count with it), and the
-/// heatmap network's shape prior, from one epoch's training crops as the network will see them.
+/// scheme of labels that bring their own (and the network's output count with it), and what the
+/// network family fits to one epoch's training shapes as it will see them (the heatmap U-Net's
+/// shape prior).
 /// A resumed run already has both in its `config.json`.
 pub fn with_data_statistics(config: &TrainConfig, data: &Dataset) -> TrainConfig {
     let mut config = config.clone();
     if config.scheme.is_none() || config.scheme() != data.scheme {
         config.set_scheme(data.scheme.clone());
     }
-    let needs_prior = matches!(&config.model, ModelConfig::Heatmap(net) if net.needs_shape_prior());
-    if needs_prior {
+    if config.model.needs_training_shapes() {
         let all: Vec<usize> = (0..data.train.len()).collect();
         let shapes: Vec<Vec<Point>> = data
             .training_batch(&config.sampling(), &all, 0)
             .into_iter()
             .map(|e| e.points)
             .collect();
-        if let ModelConfig::Heatmap(net) = &mut config.model {
-            net.shape_prior = Some(ShapePrior::from_shapes(&shapes, 0.02));
-        }
+        config.model.fit_training_shapes(&shapes);
     }
     config
 }

@@ -250,7 +250,7 @@ pub fn examples(
 }
 
 /// The left/right partner of each landmark, derived from the data: the mean shape of the frontal
-/// neutral photos (type 1) mirrored about its own midline (see [`crate::scheme::derive_mirror`]).
+/// neutral photos (type 1) mirrored about its own midline (see [`super::derive_mirror`]).
 pub fn mirror_permutation(faces: &[ImmFace]) -> Option<Vec<usize>> {
     let frontal: Vec<&ImmFace> = faces.iter().filter(|f| f.image_type == 1).collect();
     let k = frontal.first()?.points.len();
@@ -261,7 +261,7 @@ pub fn mirror_permutation(faces: &[ImmFace]) -> Option<Vec<usize>> {
             m[1] += p[1] / frontal.len() as f32;
         }
     }
-    crate::scheme::derive_mirror(&mean)
+    super::derive_mirror(&mean)
 }
 
 impl ImmFace {

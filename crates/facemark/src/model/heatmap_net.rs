@@ -204,6 +204,15 @@ impl super::Family for HeatmapNetConfig {
     fn decoding(&self) -> Decoding {
         self.decoding
     }
+    fn needs_training_shapes(&self) -> bool {
+        self.needs_shape_prior()
+    }
+    fn fit_training_shapes(&mut self, shapes: &[Vec<crate::data::Point>]) {
+        self.shape_prior = Some(ShapePrior::from_shapes(shapes, 0.02));
+    }
+    fn outputs_maps(&self) -> bool {
+        true
+    }
     fn validate(&self) -> Result<(), String> {
         let step = 1usize << self.unet.depth.min(16);
         if self.unet.input_size == 0 || !self.unet.input_size.is_multiple_of(step) {

@@ -17,7 +17,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::targets_tensor;
-use crate::data::Example;
+use crate::data::{Example, Point};
 use crate::decode::{Decoding, Output};
 use crate::heatmap::TargetKind;
 
@@ -136,6 +136,16 @@ pub trait Family {
     fn validate(&self) -> Result<(), String> {
         Ok(())
     }
+    /// Whether it measures something on the training shapes before training starts.
+    fn needs_training_shapes(&self) -> bool {
+        false
+    }
+    /// Takes what it measures from one epoch's training shapes (fractions of the input).
+    fn fit_training_shapes(&mut self, _shapes: &[Vec<Point>]) {}
+    /// Whether its output is maps (decoded by [`crate::decode`]) rather than coordinates.
+    fn outputs_maps(&self) -> bool {
+        false
+    }
 }
 
 /// Which network to build, with its settings. Stored in every run's `config.json`.
@@ -232,6 +242,15 @@ impl ModelConfig {
     }
     pub fn validate(&self) -> Result<(), String> {
         self.family().validate()
+    }
+    pub fn needs_training_shapes(&self) -> bool {
+        self.family().needs_training_shapes()
+    }
+    pub fn fit_training_shapes(&mut self, shapes: &[Vec<Point>]) {
+        self.family_mut().fit_training_shapes(shapes)
+    }
+    pub fn outputs_maps(&self) -> bool {
+        self.family().outputs_maps()
     }
 }
 
