@@ -893,3 +893,77 @@ fn bench_measures_a_shipped_model_by_name() {
     assert_eq!(first["model"], "nose");
     assert!(first["images_per_s"].as_f64().unwrap() > 0.0, "{first}");
 }
+
+/// The `.pts` files beside 300-W's images outrank the XML's whole-pixel parts: every test face
+/// switches to them, and the shipped heatmap model's NME from `eval` equals the one computed here,
+/// independently, from its predicted `.pts` files against the truth's `.pts` files.
+#[test]
+fn test_faces_are_scored_against_the_pts_coordinates() {
+    let Some(data) = ibug_data_dir() else { return };
+    let hogbox = data.join("ibug_300w/labels_300w_test_hogbox.xml");
+    let xml_only = facemark::data::dlib_xml::read_dlib_xml(&hogbox).unwrap();
+    let preferred = facemark::dataset::read_labels(&hogbox).unwrap();
+    let (mut switched, mut moved) = (0, 0.0f32);
+    for (a, b) in xml_only.iter().zip(&preferred) {
+        let (a, b) = (&a.faces[0], &b.faces[0]);
+        assert_eq!(
+            b.source,
+            facemark::data::PointSource::Pts,
+            "{:?}",
+            b.points[0]
+        );
+        switched += 1;
+        for (p, q) in a.points.iter().zip(&b.points) {
+            assert!((p[0] - q[0]).abs() <= 1.0 && (p[1] - q[1]).abs() <= 1.0);
+            moved = moved.max((p[0] - q[0]).abs());
+        }
+    }
+    assert_eq!(switched, 221);
+    assert!(
+        moved > 0.1,
+        "the XML parts are rounded, the .pts files are not"
+    );
+
+    let eval = eval_on_labels(&data, "heatmap", &hogbox, &[]);
+    assert_eq!(eval["ground_truth"], "pts");
+    let reported = eval["nme_inter_ocular"].as_f64().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = facemark(
+        &data,
+        &[
+            "predict",
+            "--model",
+            "heatmap",
+            "--boxes",
+            hogbox.to_str().unwrap(),
+            "--pts",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut total = 0.0f64;
+    for image in &xml_only {
+        let stem = image.image_path.file_stem().unwrap();
+        let predicted = dir.path().join(stem).with_extension("pts");
+        let points = facemark::data::pts::read_pts(&predicted).unwrap();
+        let truth = facemark::data::pts::read_pts(&image.image_path.with_extension("pts")).unwrap();
+        let ocular = (truth[36][0] - truth[45][0]).hypot(truth[36][1] - truth[45][1]) as f64;
+        let mean = points
+            .iter()
+            .zip(&truth)
+            .map(|(a, b)| (a[0] - b[0]).hypot(a[1] - b[1]) as f64)
+            .sum::<f64>()
+            / 68.0;
+        total += mean / ocular;
+    }
+    let independent = 100.0 * total / xml_only.len() as f64;
+    eprintln!(
+        "heatmap on the hogbox test set: eval {reported:.3} %, from .pts files {independent:.3} %"
+    );
+    assert!(
+        (reported - independent).abs() < 0.01,
+        "{reported} vs {independent}"
+    );
+    assert!((independent - 3.29).abs() < 0.01, "{independent}");
+}

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::augment::{AugmentConfig, sample_rng};
 use crate::crop::{BoxJitter, CropConfig, CropTransform, crop_face};
 use crate::data::imm;
-use crate::data::{AnnotatedFace, DataError, Example, FaceBox, LabeledImage, Point, load_gray};
+use crate::data::{
+    AnnotatedFace, DataError, Example, FaceBox, LabeledImage, Point, PointSource, load_gray,
+};
 use crate::scheme::LandmarkScheme;
 
 /// 300-W's training faces with the boxes dlib's HOG detector found (1883 of 2012), relative to the
@@ -94,6 +96,8 @@ pub struct FaceSample {
     pub gray: Option<Arc<GrayImage>>,
     /// True landmarks in photo pixels.
     pub truth: Vec<Point>,
+    /// Where `truth` was read from.
+    pub source: PointSource,
     /// The box `example` was cropped from; `None` for whole photos.
     pub bbox: Option<FaceBox>,
     /// Boxes training crops start from, one drawn per epoch; empty means `bbox`.
@@ -174,12 +178,48 @@ pub struct Sampling {
     pub mirror: Option<Vec<usize>>,
 }
 
-/// Reads a label set: a dlib XML file, or a folder of image + `.pts` pairs.
+/// Reads a label set: a dlib XML file, or a folder of image + `.pts` pairs. An XML face whose
+/// image has a `.pts` file beside it that agrees with it takes the file's sub-pixel points (see
+/// [`crate::data::pts::prefer_pts_points`]).
 pub fn read_labels(path: &Path) -> Result<Vec<LabeledImage>, DataError> {
     if path.is_dir() {
         crate::data::pts::load_pts_folder(path)
     } else {
-        crate::data::dlib_xml::read_dlib_xml(path)
+        let mut images = crate::data::dlib_xml::read_dlib_xml(path)?;
+        crate::data::pts::prefer_pts_points(&mut images);
+        Ok(images)
+    }
+}
+
+/// How many faces' true points came from each source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroundTruth {
+    /// Faces whose points are the `.pts` files' sub-pixel coordinates.
+    pub pts: usize,
+    /// Faces whose points are the label file's own (dlib XML: whole pixels; IMM: .asf).
+    pub labels: usize,
+}
+
+impl GroundTruth {
+    /// Counts the sources of `samples`.
+    pub fn of(samples: &[FaceSample]) -> Self {
+        let pts = samples
+            .iter()
+            .filter(|s| s.source == PointSource::Pts)
+            .count();
+        Self {
+            pts,
+            labels: samples.len() - pts,
+        }
+    }
+
+    /// `pts`, `labels` or `mixed`.
+    pub fn name(&self) -> &'static str {
+        match (self.pts, self.labels) {
+            (_, 0) if self.pts > 0 => "pts",
+            (0, _) => "labels",
+            _ => "mixed",
+        }
     }
 }
 
@@ -268,6 +308,7 @@ impl Dataset {
                         photo: face.image_path,
                         gray: None,
                         truth,
+                        source: PointSource::Labels,
                         bbox: None,
                         training_boxes: Vec::new(),
                         frame: Frame::Whole,
@@ -331,7 +372,7 @@ impl Dataset {
                         let bbox = *boxes_around(candidates, &face.points).first()?;
                         Some(AnnotatedFace {
                             bbox,
-                            points: face.points.clone(),
+                            ..face.clone()
                         })
                     })
                     .collect(),
@@ -508,6 +549,7 @@ fn crop_all(
                         photo_size: gray.dimensions(),
                         gray: keep_photo.then(|| Arc::clone(&gray)),
                         truth: face.points.clone(),
+                        source: face.source,
                         bbox: Some(face.bbox),
                         training_boxes: Vec::new(),
                         example,

@@ -122,6 +122,7 @@ pub fn to_labeled_images(predictions: &[Prediction]) -> Vec<LabeledImage> {
                 },
             ),
             points: p.points.clone(),
+            source: crate::data::PointSource::Labels,
         };
         match images.last_mut() {
             Some(last) if last.image_path == p.image => last.faces.push(face),

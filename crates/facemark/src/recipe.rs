@@ -135,6 +135,10 @@ pub struct TrainConfig {
     /// Average each prediction with that on the mirrored image (needs the scheme's mirror pairs).
     #[serde(default)]
     pub test_time_flip: bool,
+    /// Where the training faces' points came from (measured when training starts; absent in runs
+    /// from before `.pts` files were preferred, which trained on the label file's points).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ground_truth: Option<crate::dataset::GroundTruth>,
 }
 
 /// A recipe that cannot be built as asked.
@@ -198,6 +202,7 @@ impl TrainConfig {
             weight_decay: 0.0,
             seed: 42,
             test_time_flip: false,
+            ground_truth: None,
         }
     }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::images_tensor;
 use crate::contract::InferenceContract;
 use crate::data::{Example, Point};
-use crate::dataset::Dataset;
+use crate::dataset::{Dataset, GroundTruth};
 use crate::decode::Output;
 use crate::eval::{LandmarkMetrics, PointErrors, landmark_metrics, point_errors};
 use crate::figures::{self, Curve, FigureError, HeatmapRow, Tile};
@@ -38,6 +38,13 @@ pub struct EvalSummary {
     /// The mean shape's NME in percent, normalised like `nme`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mean_shape_nme: Option<f64>,
+    /// What the truth was read from: `pts` (the `.pts` files beside the images), `labels` (the
+    /// label file's own points) or `mixed`.
+    #[serde(default)]
+    pub ground_truth: String,
+    /// How many faces each source gave, when they are mixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ground_truth_faces: Option<GroundTruth>,
 }
 
 /// Validation predictions and their errors.
@@ -94,6 +101,8 @@ pub fn evaluate(
         per_point_px_error: errors.per_point_px.clone(),
         landmarks: (!truth.is_empty()).then(|| metrics(&predicted_px)),
         mean_shape_nme: mean_shape_landmarks.as_ref().map(|m| m.nme),
+        ground_truth: GroundTruth::of(&data.val).name().into(),
+        ground_truth_faces: Some(GroundTruth::of(&data.val)).filter(|g| g.name() == "mixed"),
     };
     Evaluation {
         summary,

@@ -197,6 +197,7 @@ pub fn train(
 /// A resumed run already has both in its `config.json`.
 pub fn with_data_statistics(config: &TrainConfig, data: &Dataset) -> TrainConfig {
     let mut config = config.clone();
+    config.ground_truth = Some(crate::dataset::GroundTruth::of(&data.train));
     if config.scheme.is_none() || config.scheme() != data.scheme {
         config.set_scheme(data.scheme.clone());
     }

@@ -20,7 +20,7 @@ use std::path::{Component, Path, PathBuf};
 
 use roxmltree::{Document, Node, ParsingOptions};
 
-use super::{AnnotatedFace, DataError, FaceBox, LabeledImage, Point};
+use super::{AnnotatedFace, DataError, FaceBox, LabeledImage, Point, PointSource};
 
 /// Offset from dlib part coordinates to the library's: `ours = xml + XML_TO_OURS`.
 const XML_TO_OURS: f32 = 0.5;
@@ -203,7 +203,11 @@ impl Reader<'_, '_> {
             }
             None => parts.into_iter().map(|(_, p)| p).collect(),
         };
-        Ok(Some(AnnotatedFace { bbox, points }))
+        Ok(Some(AnnotatedFace {
+            bbox,
+            points,
+            source: PointSource::Labels,
+        }))
     }
 }
 
@@ -446,6 +450,7 @@ mod tests {
             points: (0..n)
                 .map(|i| [i as f32 + 0.5 + dx, 2.0 * i as f32 - 1.5])
                 .collect(),
+            source: PointSource::Labels,
         };
         let images = vec![
             LabeledImage {

@@ -34,6 +34,18 @@ pub struct FaceBox {
 pub struct AnnotatedFace {
     pub bbox: FaceBox,
     pub points: Vec<Point>,
+    /// Where the points were read from.
+    pub source: PointSource,
+}
+
+/// Where a face's points were read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PointSource {
+    /// The label file itself (dlib XML parts are whole pixels).
+    #[default]
+    Labels,
+    /// A `.pts` file beside the image (the annotators' sub-pixel coordinates).
+    Pts,
 }
 
 /// An image with its annotated faces, as a dlib XML `<image>` entry or an image + `.pts` pair.

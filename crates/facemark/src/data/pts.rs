@@ -18,7 +18,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{AnnotatedFace, DataError, FaceBox, LabeledImage, Point};
+use super::{AnnotatedFace, DataError, FaceBox, LabeledImage, Point, PointSource};
 
 /// Offset from iBUG's 1-based coordinates to the library's: `ours = pts + PTS_TO_OURS`.
 const PTS_TO_OURS: f32 = -0.5;
@@ -206,10 +206,43 @@ pub fn load_pts_folder(dir: &Path) -> Result<Vec<LabeledImage>, DataError> {
             Ok(LabeledImage {
                 image_path,
                 size: None,
-                faces: vec![AnnotatedFace { bbox, points }],
+                faces: vec![AnnotatedFace {
+                    bbox,
+                    points,
+                    source: PointSource::Pts,
+                }],
             })
         })
         .collect()
+}
+
+/// Replaces a face's label-file points by those of the `.pts` file beside its image (same stem)
+/// when that file has the same number of points and each agrees with the label's point to within
+/// a pixel: dlib XML stores whole pixels, the `.pts` files the annotators' sub-pixel coordinates.
+/// Faces without such a file, or whose file disagrees, keep their points. An unreadable `.pts`
+/// file counts as none: the label file stays the truth.
+pub fn prefer_pts_points(images: &mut [LabeledImage]) {
+    for image in images {
+        let pts_path = image.image_path.with_extension("pts");
+        if image.faces.is_empty() || !pts_path.is_file() {
+            continue;
+        }
+        let Ok(points) = read_pts(&pts_path) else {
+            continue;
+        };
+        let agrees = |face: &AnnotatedFace| {
+            face.points.len() == points.len()
+                && face
+                    .points
+                    .iter()
+                    .zip(&points)
+                    .all(|(a, b)| (a[0] - b[0]).abs() <= 1.0 && (a[1] - b[1]).abs() <= 1.0)
+        };
+        if let Some(face) = image.faces.iter_mut().find(|f| agrees(f)) {
+            face.points = points;
+            face.source = PointSource::Pts;
+        }
+    }
 }
 
 /// The smallest box holding all points; `None` for no points.
