@@ -56,15 +56,41 @@ pub enum Command {
         /// Decode a heatmap model's maps this way instead of as trained (argmax, subpixel).
         #[arg(long)]
         decode: Option<Decoding>,
+        /// `detect`: find the faces with facemark's detector instead of using the labels' boxes,
+        /// and score the whole pipeline (missed faces count as failures).
+        #[arg(long, value_parser = ["detect"], requires = "labels")]
+        boxes: Option<String>,
+        #[command(flatten)]
+        detector: DetectorArgs,
     },
-    /// Find landmarks in images.
-    Predict {
+    /// Find the faces in photos: boxes and scores as JSON, optionally a dlib XML and overlays.
+    /// With --labels, measure the detector's recall on a label set's boxes instead.
+    Detect {
+        #[arg(required_unless_present = "labels")]
+        photos: Vec<PathBuf>,
+        /// A dlib XML or .pts folder whose faces the detector should find (prints its recall).
+        #[arg(long, conflicts_with = "photos")]
+        labels: Option<PathBuf>,
+        /// Write each photo with its face boxes drawn into this folder.
         #[arg(long)]
+        draw: Option<PathBuf>,
+        /// Write the boxes as a dlib XML file (for labelling tools).
+        #[arg(long)]
+        xml: Option<PathBuf>,
+        #[command(flatten)]
+        detector: DetectorArgs,
+    },
+    /// Find landmarks in images: every face the detector finds, or in the given boxes.
+    Predict {
+        /// A run directory or shipped model (default: the best shipped 68-point model).
+        #[arg(long, default_value = "heatmap")]
         model: String,
         /// Images; with --boxes, the images the XML names are used instead.
         #[arg(required_unless_present = "boxes")]
         images: Vec<PathBuf>,
-        /// The face box `left,top,width,height` in every image (face-box models).
+        #[command(flatten)]
+        detector: DetectorArgs,
+        /// The face box `left,top,width,height` in every image, instead of detecting faces.
         #[arg(long = "box", value_parser = parse_box, allow_hyphen_values = true)]
         face_box: Option<FaceBox>,
         /// Face boxes (and images) from a dlib XML file (face-box models).
@@ -134,6 +160,26 @@ pub enum Command {
         #[arg(long)]
         size: Option<usize>,
     },
+}
+
+/// How faces are found in whole photos.
+#[derive(Args, Clone, Copy)]
+pub struct DetectorArgs {
+    /// Smallest face looked for, in pixels of the photo (smaller is slower).
+    #[arg(long, default_value_t = 24)]
+    pub min_face: u32,
+    /// Landmark passes from the first pass's own landmark box (0: the detector's box only).
+    #[arg(long, default_value_t = 1)]
+    pub refine: usize,
+}
+
+impl DetectorArgs {
+    pub fn config(&self) -> facemark::detect::DetectorConfig {
+        facemark::detect::DetectorConfig {
+            min_face: self.min_face.max(1),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Args)]

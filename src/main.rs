@@ -2,6 +2,7 @@
 //! and maps errors to an exit code.
 
 mod args;
+mod output;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,12 +11,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use facemark::data::FaceBox;
-use facemark::inference::{PredictOutputs, Predictor};
-use facemark::recipe::{RecipeError, TrainConfig};
-use facemark::run::{RunDir, RunError, write_atomic};
-use facemark::study::{self, Existing, StudyError};
+use facemark::inference::{FacePipeline, PredictOutputs, Predictor};
+use facemark::recipe::TrainConfig;
+use facemark::run::{RunDir, write_atomic};
+use facemark::study::{self, Existing};
 
-use args::{Cli, Command, TrainArgs, flag};
+use args::{Cli, Command, TrainArgs};
+use output::{in_flag_terms, report_failures};
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -25,58 +27,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error chain as a user of the command line reads it: library option names become flags.
-fn in_flag_terms(error: &anyhow::Error) -> String {
-    let recipe = error.chain().find_map(|e| {
-        e.downcast_ref::<RecipeError>()
-            .or_else(|| match e.downcast_ref::<StudyError>() {
-                Some(StudyError::Recipe(r)) => Some(r),
-                _ => None,
-            })
-    });
-    match recipe {
-        Some(RecipeError::NotApplicable(n)) => {
-            let accepted: Vec<String> = n.accepted.iter().map(|o| flag(o)).collect();
-            let accepted = if accepted.is_empty() {
-                "no options".to_string()
-            } else {
-                accepted.join(", ")
-            };
-            return format!(
-                "{} does not apply to {}: it takes {accepted}",
-                flag(n.option),
-                n.family
-            );
-        }
-        Some(RecipeError::FaceBoxOnly { option, task }) => {
-            return format!(
-                "{} applies to the face-box tasks (ibug68, heatmap), not to {task}",
-                flag(option)
-            );
-        }
-        Some(RecipeError::FixedInputSize { family }) => {
-            return format!("--size does not apply to {family}: it has a fixed input size");
-        }
-        _ => {}
-    }
-    let exists = error
-        .chain()
-        .find_map(|e| match e.downcast_ref::<RunError>() {
-            Some(RunError::Exists(dir)) => Some(dir.clone()),
-            _ => e.downcast_ref::<StudyError>().and_then(|s| match s {
-                StudyError::Run(RunError::Exists(dir)) => Some(dir.clone()),
-                _ => None,
-            }),
-        });
-    if let Some(dir) = exists {
-        return format!(
-            "{} already holds a run; pass --resume to continue it or --force to start over",
-            dir.display()
-        );
-    }
-    format!("{error:#}")
 }
 
 fn show_progress() -> bool {
@@ -97,17 +47,55 @@ fn run(cli: Cli) -> Result<()> {
             figures,
             json,
             decode,
-        } => eval(
-            &model,
-            labels.as_deref(),
-            figures.as_deref(),
-            json,
-            decode,
-            &cli.data,
-        ),
+            boxes,
+            detector,
+        } => match (boxes, &labels) {
+            (Some(_), Some(labels)) => {
+                let config = detector.config();
+                let result = study::evaluate_detected(&model, labels, config, detector.refine)?;
+                println!("{}", serde_json::to_string(&result)?);
+                Ok(())
+            }
+            _ => eval(
+                &model,
+                labels.as_deref(),
+                figures.as_deref(),
+                json,
+                decode,
+                &cli.data,
+            ),
+        },
+        Command::Detect {
+            labels: Some(labels),
+            detector,
+            ..
+        } => {
+            let recall = study::detector_recall(&labels, detector.config())?;
+            println!("{}", serde_json::to_string(&recall)?);
+            Ok(())
+        }
+        Command::Detect {
+            photos,
+            draw,
+            xml,
+            detector,
+            ..
+        } => {
+            let mut detector = facemark::detect::FaceDetector::new(detector.config());
+            let outputs = PredictOutputs {
+                draw,
+                pts: None,
+                xml,
+            };
+            let (found, failures) =
+                facemark::inference::detect_photos(&mut detector, &photos, &outputs)?;
+            println!("{}", serde_json::to_string_pretty(&found)?);
+            report_failures(&failures, photos.len())
+        }
         Command::Predict {
             model,
             images,
+            detector,
             face_box,
             boxes,
             csv,
@@ -128,31 +116,17 @@ fn run(cli: Cli) -> Result<()> {
                     .map(|path| (path, face_box.into_iter().collect()))
                     .collect(),
             };
-            let predictor = Predictor::load(&model)?;
-            if predictor.needs_face_box() && jobs.iter().any(|(_, boxes)| boxes.is_empty()) {
-                bail!(
-                    "model {model} finds landmarks inside a face box: give --box left,top,width,height or --boxes FILE.xml"
-                );
-            }
+            let mut pipeline = FacePipeline::load(&model, detector.config())?;
+            pipeline.refine = detector.refine;
             let outputs = PredictOutputs { draw, pts, xml };
             let (predictions, failures) =
-                facemark::inference::predict_jobs(&predictor, &jobs, &outputs)?;
-            for failure in &failures {
-                eprintln!("error: {failure}");
-            }
+                facemark::inference::predict_jobs(&mut pipeline, &jobs, &outputs)?;
             if csv {
                 print!("{}", facemark::inference::predictions_csv(&predictions));
             } else {
                 println!("{}", serde_json::to_string_pretty(&predictions)?);
             }
-            if !failures.is_empty() {
-                bail!(
-                    "{} of {} images could not be read",
-                    failures.len(),
-                    jobs.len()
-                );
-            }
-            Ok(())
+            report_failures(&failures, jobs.len())
         }
         Command::Export { model, labels, out } => {
             let predictor = Predictor::load(&model)?;

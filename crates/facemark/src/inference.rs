@@ -9,9 +9,11 @@ use imageproc::drawing::draw_filled_circle_mut;
 use serde::Serialize;
 
 use crate::crop::crop_face;
+use crate::data::images::load_photo;
 use crate::data::images::scale_points;
-use crate::data::{AnnotatedFace, DataError, Example, FaceBox, LabeledImage, Point, load_gray};
+use crate::data::{AnnotatedFace, DataError, Example, FaceBox, LabeledImage, Point};
 use crate::dataset::tight_box;
+use crate::detect::{Detection, DetectorConfig, FaceDetector};
 use crate::run::{LoadedModel, RunError, load_trained};
 
 /// A model loaded for inference on the inference device.
@@ -27,8 +29,12 @@ pub struct Prediction {
     pub image: PathBuf,
     pub width: u32,
     pub height: u32,
-    /// The face box `[left, top, width, height]` the points were found in (face-box models).
+    /// The face box `[left, top, width, height]` the points were found in (face-box models): the
+    /// given box, or the detector's.
     pub bbox: Option<[f32; 4]>,
+    /// The detector's score, when the face was found by the detector.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
     pub points: Vec<Point>,
 }
 
@@ -60,7 +66,7 @@ impl Predictor {
         path: &Path,
         boxes: &[FaceBox],
     ) -> Result<Vec<Prediction>, DataError> {
-        let gray = load_gray(path)?;
+        let gray = load_photo(path)?.into_luma8();
         Ok(self.predict_gray(&gray, boxes, path))
     }
 
@@ -77,6 +83,7 @@ impl Predictor {
             width: gray.width(),
             height: gray.height(),
             bbox: bbox.map(|b| [b.left, b.top, b.width, b.height]),
+            score: None,
             points,
         };
         let contract = &self.model.contract;
@@ -102,6 +109,68 @@ impl Predictor {
                     .map(|p| transform.to_image(p))
                     .collect();
                 prediction(Some(bbox), points)
+            })
+            .collect()
+    }
+}
+
+/// The whole-photo pipeline: the face detector finds every face, the landmark model finds its
+/// points; with `refine`, the points found in the detector's box give a tight landmark box (the
+/// kind of box the 300-W models were trained on) and the model looks again from there.
+pub struct FacePipeline {
+    pub detector: FaceDetector,
+    pub landmarker: Predictor,
+    /// Second passes from the first pass's landmark box (0: the detector's box only).
+    pub refine: usize,
+}
+
+impl FacePipeline {
+    /// A pipeline around a face-box landmark model (run directory or shipped name).
+    pub fn load(model: &str, detector: DetectorConfig) -> Result<Self, RunError> {
+        let landmarker = Predictor::load(model)?;
+        Ok(Self {
+            detector: FaceDetector::new(detector),
+            landmarker,
+            refine: 1,
+        })
+    }
+
+    /// Every face of a decoded photo with its points (one batched landmark pass per refinement).
+    pub fn run(&mut self, gray: &GrayImage, source: &Path) -> Vec<Prediction> {
+        let detections = self.detector.detect(gray);
+        let boxes: Vec<FaceBox> = detections.iter().map(|d| d.bbox).collect();
+        self.landmarks_from(gray, &boxes, source)
+            .into_iter()
+            .zip(&detections)
+            .map(|(p, d)| Prediction {
+                score: Some(d.score),
+                ..p
+            })
+            .collect()
+    }
+
+    /// The points in each of `boxes` (detector boxes), refined as the pipeline says; the reported
+    /// box stays the detector's.
+    pub fn landmarks_from(
+        &self,
+        gray: &GrayImage,
+        boxes: &[FaceBox],
+        source: &Path,
+    ) -> Vec<Prediction> {
+        if !self.landmarker.needs_face_box() {
+            return self.landmarker.predict_gray(gray, &[], source);
+        }
+        let mut predictions = self.landmarker.predict_gray(gray, boxes, source);
+        for _ in 0..self.refine {
+            let tight: Vec<FaceBox> = predictions.iter().map(|p| tight_box(&p.points)).collect();
+            predictions = self.landmarker.predict_gray(gray, &tight, source);
+        }
+        predictions
+            .into_iter()
+            .zip(boxes)
+            .map(|(p, b)| Prediction {
+                bbox: Some([b.left, b.top, b.width, b.height]),
+                ..p
             })
             .collect()
     }
@@ -153,21 +222,55 @@ pub fn competition_csv(predictions: &[Prediction]) -> String {
     csv
 }
 
-/// Writes a copy of the image with the predicted points drawn on it.
-pub fn draw_prediction(prediction: &Prediction, out: &Path) -> Result<(), DataError> {
-    let image = image::open(&prediction.image).map_err(|source| DataError::Image {
-        path: prediction.image.clone(),
-        source,
-    })?;
-    let mut rgb = image.into_rgb8();
-    let radius = (rgb.width().max(rgb.height()) / 160).max(2) as i32;
-    for p in &prediction.points {
-        draw_filled_circle_mut(
-            &mut rgb,
-            (p[0] as i32, p[1] as i32),
-            radius,
-            Rgb([255, 40, 40]),
-        );
+/// Writes a copy of the photo with every face's box and points drawn on it: markers and lines
+/// sized to each face (not to the photo), the scheme's contours joined as dlib's viewer draws them.
+pub fn draw_overlay(
+    photo: &Path,
+    faces: &[Prediction],
+    contours: &[Vec<usize>],
+    out: &Path,
+) -> Result<(), DataError> {
+    let mut rgb = load_photo(photo)?.into_rgb8();
+    for face in faces {
+        let size = face
+            .bbox
+            .map(|b| b[2].max(b[3]))
+            .unwrap_or_else(|| {
+                let b = tight_box(&face.points);
+                b.width.max(b.height)
+            })
+            .max(1.0);
+        let thickness = (size / 120.0).round().max(1.0) as i32;
+        if let Some([left, top, width, height]) = face.bbox {
+            let corners = [
+                [left, top],
+                [left + width, top],
+                [left + width, top + height],
+                [left, top + height],
+                [left, top],
+            ];
+            for pair in corners.windows(2) {
+                thick_line(&mut rgb, pair[0], pair[1], thickness, Rgb([40, 160, 255]));
+            }
+        }
+        for contour in contours {
+            let points: Vec<Point> = contour
+                .iter()
+                .filter_map(|&i| face.points.get(i).copied())
+                .collect();
+            for pair in points.windows(2) {
+                thick_line(&mut rgb, pair[0], pair[1], thickness, Rgb([60, 220, 60]));
+            }
+        }
+        let radius = (size / 90.0).round().max(1.0) as i32;
+        for p in &face.points {
+            draw_filled_circle_mut(
+                &mut rgb,
+                (p[0] as i32, p[1] as i32),
+                radius,
+                Rgb([255, 40, 40]),
+            );
+        }
     }
     let mut bytes = std::io::Cursor::new(Vec::new());
     rgb.write_to(&mut bytes, image::ImageFormat::Png)
@@ -175,8 +278,23 @@ pub fn draw_prediction(prediction: &Prediction, out: &Path) -> Result<(), DataEr
             path: out.to_owned(),
             source,
         })?;
-    crate::run::write_atomic(out, bytes.get_ref()).map_err(|e| DataError::Io {
-        path: out.to_owned(),
+    write_output(out, bytes.get_ref())
+}
+
+/// A line `thickness` pixels wide (parallel one-pixel lines).
+fn thick_line(image: &mut image::RgbImage, a: Point, b: Point, thickness: i32, colour: Rgb<u8>) {
+    let half = thickness / 2;
+    for dy in -half..=(thickness - 1 - half) {
+        for dx in -half..=(thickness - 1 - half) {
+            let shift = |p: Point| (p[0] + dx as f32, p[1] + dy as f32);
+            imageproc::drawing::draw_line_segment_mut(image, shift(a), shift(b), colour);
+        }
+    }
+}
+
+fn write_output(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    crate::run::write_atomic(path, bytes).map_err(|e| DataError::Io {
+        path: path.to_owned(),
         source: std::io::Error::other(e.to_string()),
     })
 }
@@ -209,46 +327,47 @@ pub struct PredictOutputs {
     pub xml: Option<PathBuf>,
 }
 
-/// Predicts every `(image, boxes)` job and writes `outputs`; an image that cannot be read is
-/// reported in the second list (with its error) and does not stop the others.
+/// Predicts every `(photo, boxes)` job and writes `outputs`: in the given boxes, or, for a
+/// face-box model given none, in every face the pipeline's detector finds. A photo that cannot be
+/// read is reported in the second list (with its error) and does not stop the others.
 pub fn predict_jobs(
-    predictor: &Predictor,
+    pipeline: &mut FacePipeline,
     jobs: &[(PathBuf, Vec<FaceBox>)],
     outputs: &PredictOutputs,
 ) -> Result<(Vec<Prediction>, Vec<DataError>), DataError> {
     let mut predictions = Vec::new();
     let mut failures = Vec::new();
-    let write = |path: &Path, bytes: &[u8]| {
-        crate::run::write_atomic(path, bytes).map_err(|e| DataError::Io {
-            path: path.to_owned(),
-            source: std::io::Error::other(e.to_string()),
-        })
-    };
+    let contours = pipeline.landmarker.model.contract.scheme.contours.clone();
     for (path, boxes) in jobs {
-        let found = match predictor.predict_file(path, boxes) {
-            Ok(found) => found,
+        let gray = match load_photo(path) {
+            Ok(photo) => photo.into_luma8(),
             Err(e) => {
                 failures.push(e);
                 continue;
             }
+        };
+        let found = if boxes.is_empty() && pipeline.landmarker.needs_face_box() {
+            pipeline.run(&gray, path)
+        } else {
+            pipeline.landmarker.predict_gray(&gray, boxes, path)
         };
         let name = path
             .file_stem()
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        for (i, p) in found.iter().enumerate() {
-            let stem = if found.len() > 1 {
-                format!("{name}_{i}")
-            } else {
-                name.clone()
-            };
-            if let Some(dir) = &outputs.draw {
-                draw_prediction(p, &dir.join(format!("{stem}.png")))?;
-            }
-            if let Some(dir) = &outputs.pts {
+        if let Some(dir) = &outputs.draw {
+            draw_overlay(path, &found, &contours, &dir.join(format!("{name}.png")))?;
+        }
+        if let Some(dir) = &outputs.pts {
+            for (i, p) in found.iter().enumerate() {
+                let stem = if found.len() > 1 {
+                    format!("{name}_{i}")
+                } else {
+                    name.clone()
+                };
                 let text = crate::data::pts::format_pts(&p.points);
-                write(&dir.join(format!("{stem}.pts")), text.as_bytes())?;
+                write_output(&dir.join(format!("{stem}.pts")), text.as_bytes())?;
             }
         }
         predictions.extend(found);
@@ -257,7 +376,84 @@ pub fn predict_jobs(
         let base = path.parent().unwrap_or(Path::new("."));
         let images = to_labeled_images(&predictions);
         let text = crate::data::dlib_xml::format_dlib_xml(&images, base, "facemark predictions");
-        write(path, text.as_bytes())?;
+        write_output(path, text.as_bytes())?;
     }
     Ok((predictions, failures))
+}
+
+/// The faces found in one photo.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhotoFaces {
+    pub image: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    pub faces: Vec<Detection>,
+    /// Time the detector took, in milliseconds.
+    pub detection_ms: f64,
+}
+
+/// Detects the faces of every photo and writes `outputs` (`pts` is not used: boxes have no
+/// points). Unreadable photos are reported in the second list.
+pub fn detect_photos(
+    detector: &mut FaceDetector,
+    photos: &[PathBuf],
+    outputs: &PredictOutputs,
+) -> Result<(Vec<PhotoFaces>, Vec<DataError>), DataError> {
+    let (mut found, mut failures) = (Vec::new(), Vec::new());
+    for path in photos {
+        let gray = match load_photo(path) {
+            Ok(photo) => photo.into_luma8(),
+            Err(e) => {
+                failures.push(e);
+                continue;
+            }
+        };
+        let started = std::time::Instant::now();
+        let faces = detector.detect(&gray);
+        let detection_ms = started.elapsed().as_secs_f64() * 1e3;
+        let as_predictions: Vec<Prediction> = faces
+            .iter()
+            .map(|d| Prediction {
+                image: path.clone(),
+                width: gray.width(),
+                height: gray.height(),
+                bbox: Some([d.bbox.left, d.bbox.top, d.bbox.width, d.bbox.height]),
+                score: Some(d.score),
+                points: Vec::new(),
+            })
+            .collect();
+        if let Some(dir) = &outputs.draw {
+            let name = path.file_stem().unwrap_or_default().to_string_lossy();
+            draw_overlay(path, &as_predictions, &[], &dir.join(format!("{name}.png")))?;
+        }
+        found.push(PhotoFaces {
+            image: path.clone(),
+            width: gray.width(),
+            height: gray.height(),
+            faces,
+            detection_ms,
+        });
+    }
+    if let Some(path) = &outputs.xml {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let images: Vec<LabeledImage> = found
+            .iter()
+            .map(|photo| LabeledImage {
+                image_path: photo.image.clone(),
+                size: Some((photo.width, photo.height)),
+                faces: photo
+                    .faces
+                    .iter()
+                    .map(|d| AnnotatedFace {
+                        bbox: d.bbox,
+                        points: Vec::new(),
+                        source: crate::data::PointSource::Labels,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let text = crate::data::dlib_xml::format_dlib_xml(&images, base, "facemark detections");
+        write_output(path, text.as_bytes())?;
+    }
+    Ok((found, failures))
 }

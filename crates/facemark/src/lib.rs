@@ -13,7 +13,7 @@
 //! | metrics | [`eval`] |
 //! | training | [`train`] (the resumable loop) |
 //! | figures and reports | [`figures`], [`report`] |
-//! | use | [`inference`] (new photos), [`study`] (experiments), [`bench`] (throughput) |
+//! | use | [`detect`] (faces in whole photos), [`inference`] (new photos, the whole-photo pipeline), [`study`] (experiments), [`bench`] (throughput) |
 //!
 //! [`backend`] picks the compute device once for all of them.
 
@@ -26,6 +26,7 @@ pub mod crop;
 pub mod data;
 pub mod dataset;
 pub mod decode;
+pub mod detect;
 pub mod eval;
 pub mod figures;
 pub mod heatmap;

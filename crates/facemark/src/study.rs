@@ -4,12 +4,17 @@
 
 use std::path::{Path, PathBuf};
 
+use std::time::Instant;
+
+use serde::Serialize;
+
 use crate::data::DataError;
-use crate::dataset::{DETECTOR_TRAIN_LABELS, Dataset, read_labels};
+use crate::dataset::{DETECTOR_TRAIN_LABELS, Dataset, GroundTruth, read_labels};
 use crate::decode::Decoding;
+use crate::detect::DetectorConfig;
 use crate::eval::LandmarkMetrics;
 use crate::figures::{self, Curve, FigureError};
-use crate::inference::Predictor;
+use crate::inference::{FacePipeline, Predictor};
 use crate::model::ModelOverrides;
 use crate::recipe::{Overrides, RecipeError, RecipeKind, Task, TrainConfig, TrainingBoxes};
 use crate::report::{self, EvalSummary, ReportError};
@@ -105,6 +110,168 @@ pub fn evaluate_model(
     };
     let evaluation = report::evaluate(&predictor.model.net, &predictor.model.contract, &data, name);
     Ok((predictor, data, evaluation))
+}
+
+/// The whole pipeline measured on labelled photos (`eval --boxes detect`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DetectedEvaluation {
+    /// Always `detect`: the faces were found by facemark's own detector.
+    pub boxes: &'static str,
+    /// Annotated faces.
+    pub count: usize,
+    /// Annotated faces a detection matched (IoU at least `match_iou`).
+    pub detected: usize,
+    pub missed: usize,
+    pub match_iou: f32,
+    /// Detections that matched no annotated face (other people, or false alarms).
+    pub unmatched_detections: usize,
+    /// Normalised errors over the detected faces; the failure rates and the AUC count missed faces
+    /// as failures.
+    #[serde(flatten)]
+    pub landmarks: LandmarkMetrics,
+    /// Mean point error over the detected faces, in photo pixels.
+    pub mean_px_error: f64,
+    /// Median time of detection alone per photo, and of the whole pipeline per photo.
+    pub median_detection_ms: f64,
+    pub median_pipeline_ms: f64,
+    pub ground_truth: String,
+}
+
+/// Runs the whole pipeline (detector, then the landmark model `name`) on every photo of `labels`
+/// and scores the detected faces against their annotations.
+pub fn evaluate_detected(
+    name: &str,
+    labels: &Path,
+    detector: DetectorConfig,
+    refine: usize,
+) -> Result<DetectedEvaluation, StudyError> {
+    const MATCH_IOU: f32 = 0.3;
+    let images = read_labels(labels)?;
+    let mut pipeline = FacePipeline::load(name, detector)?;
+    pipeline.refine = refine;
+    let scheme = pipeline.landmarker.model.contract.scheme.clone();
+    let (mut predicted, mut truth, mut diagonals) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut count, mut missed, mut unmatched) = (0, 0, 0);
+    let (mut detect_ms, mut pipeline_ms) = (Vec::new(), Vec::new());
+    let mut sources = GroundTruth::default();
+    for image in &images {
+        let gray = crate::data::load_gray(&image.image_path)?;
+        let started = Instant::now();
+        let detections = pipeline.detector.detect(&gray);
+        detect_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        let annotated: Vec<_> = image.faces.iter().map(|f| f.bbox).collect();
+        let found: Vec<_> = detections.iter().map(|d| d.bbox).collect();
+        let matched = crate::detect::match_detections(&annotated, &found, MATCH_IOU);
+        let claimed: Vec<_> = matched.iter().flatten().map(|&j| found[j]).collect();
+        let faces = pipeline.landmarks_from(&gray, &claimed, &image.image_path);
+        pipeline_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        unmatched += found.len() - claimed.len();
+        let mut faces = faces.into_iter();
+        for (face, m) in image.faces.iter().zip(&matched) {
+            count += 1;
+            match face.source {
+                crate::data::PointSource::Pts => sources.pts += 1,
+                crate::data::PointSource::Labels => sources.labels += 1,
+            }
+            if face.points.len() != scheme.points {
+                return Err(StudyError::Unsuitable(format!(
+                    "{}: a face has {} points; {name} predicts {}",
+                    image.image_path.display(),
+                    face.points.len(),
+                    scheme.points
+                )));
+            }
+            if m.is_none() {
+                missed += 1;
+                continue;
+            }
+            let Some(p) = faces.next() else { break };
+            predicted.push(p.points);
+            truth.push(face.points.clone());
+            diagonals.push(face.bbox.width.hypot(face.bbox.height));
+        }
+    }
+    let mut landmarks = crate::eval::landmark_metrics(&predicted, &truth, &scheme, &diagonals);
+    // Missed faces count as failures: the CED (and so AUC and failure rates) runs over all faces.
+    let mut all: Vec<f32> = landmarks.per_image_nme.iter().map(|&v| v as f32).collect();
+    all.extend(std::iter::repeat_n(f32::INFINITY, missed));
+    landmarks.auc_0_08 = crate::eval::ced_auc(&all, 0.08) as f64;
+    landmarks.failure_rate_0_08 = crate::eval::failure_rate(&all, 0.08) as f64;
+    landmarks.failure_rate_0_10 = crate::eval::failure_rate(&all, 0.10) as f64;
+    Ok(DetectedEvaluation {
+        boxes: "detect",
+        count,
+        detected: count - missed,
+        missed,
+        match_iou: MATCH_IOU,
+        unmatched_detections: unmatched,
+        mean_px_error: crate::eval::point_errors(&predicted, &truth).mean_px_error,
+        landmarks,
+        median_detection_ms: median(&mut detect_ms),
+        median_pipeline_ms: median(&mut pipeline_ms),
+        ground_truth: sources.name().into(),
+    })
+}
+
+/// How well the detector alone finds the annotated faces of a label set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DetectorRecall {
+    pub count: usize,
+    pub detected: usize,
+    pub missed: usize,
+    /// `detected / count`.
+    pub recall: f64,
+    pub match_iou: f32,
+    /// Detections that matched no annotated face.
+    pub unmatched_detections: usize,
+    pub photos: usize,
+    pub median_detection_ms: f64,
+    /// Median IoU of matched detections with their annotated boxes.
+    pub median_iou: f64,
+}
+
+/// Runs the detector on every photo of `labels` and matches its boxes to the annotated ones.
+pub fn detector_recall(
+    labels: &Path,
+    config: DetectorConfig,
+) -> Result<DetectorRecall, StudyError> {
+    const MATCH_IOU: f32 = 0.3;
+    let images = read_labels(labels)?;
+    let mut detector = crate::detect::FaceDetector::new(config);
+    let (mut count, mut detected, mut unmatched) = (0, 0, 0);
+    let (mut times, mut ious) = (Vec::new(), Vec::new());
+    for image in &images {
+        let gray = crate::data::images::load_photo(&image.image_path)?.into_luma8();
+        let started = Instant::now();
+        let found: Vec<_> = detector.detect(&gray).into_iter().map(|d| d.bbox).collect();
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+        let annotated: Vec<_> = image.faces.iter().map(|f| f.bbox).collect();
+        let matched = crate::detect::match_detections(&annotated, &found, MATCH_IOU);
+        count += annotated.len();
+        for (a, m) in annotated.iter().zip(&matched) {
+            if let Some(j) = m {
+                detected += 1;
+                ious.push(crate::detect::iou(a, &found[*j]) as f64);
+            }
+        }
+        unmatched += found.len() - matched.iter().flatten().count();
+    }
+    Ok(DetectorRecall {
+        count,
+        detected,
+        missed: count - detected,
+        recall: detected as f64 / count.max(1) as f64,
+        match_iou: MATCH_IOU,
+        unmatched_detections: unmatched,
+        photos: images.len(),
+        median_detection_ms: median(&mut times),
+        median_iou: median(&mut ious),
+    })
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// One arm of a study: a recipe and the changes to it.

@@ -89,6 +89,29 @@ pub fn scale_points(points: &[Point], width: f32, height: f32) -> Vec<Point> {
         .collect()
 }
 
+/// Decodes a photo as a person sees it: the EXIF orientation a phone wrote is applied (a
+/// portrait taken with the phone on its side comes out upright), colour or grey.
+pub fn load_photo(path: &Path) -> Result<image::DynamicImage, DataError> {
+    use image::ImageDecoder;
+    let image_error = |source| DataError::Image {
+        path: path.to_owned(),
+        source,
+    };
+    let reader = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|source| DataError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    let mut decoder = reader.into_decoder().map_err(image_error)?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = image::DynamicImage::from_decoder(decoder).map_err(image_error)?;
+    image.apply_orientation(orientation);
+    Ok(image)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
