@@ -159,6 +159,9 @@ pub enum Command {
         /// Input side of face-box networks (224, 160, 112, ...).
         #[arg(long)]
         size: Option<usize>,
+        /// Single faces timed for the latency figure (`"bench": "latency"`, `ms_per_face`).
+        #[arg(long, default_value_t = 100)]
+        faces: usize,
     },
 }
 

@@ -17,6 +17,11 @@ use facemark::run::{RunDir, write_atomic};
 use facemark::study::{self, Existing};
 
 use args::{Cli, Command, TrainArgs};
+
+// Tensor buffers are allocated and freed every step; mimalloc keeps the pages (+7 % U-Net training
+// in ../shared/MEASUREMENTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use output::{in_flag_terms, report_failures};
 
 fn main() -> ExitCode {
@@ -183,6 +188,7 @@ fn run(cli: Cli) -> Result<()> {
             seconds,
             augment,
             size,
+            faces,
         } => {
             let duration = Duration::from_secs_f64(seconds);
             let config =
@@ -194,6 +200,8 @@ fn run(cli: Cli) -> Result<()> {
             facemark::bench::run(&config, data.as_ref().ok(), |r| {
                 println!("{}", serde_json::to_string(r).unwrap_or_default());
             })?;
+            let latency = facemark::bench::latency(&config, data.as_ref().ok(), faces)?;
+            println!("{}", serde_json::to_string(&latency)?);
             if let Some(mib) = facemark::bench::peak_memory_mib() {
                 let line = serde_json::json!({"bench": "peak_memory", "model": model, "peak_rss_mib": mib});
                 println!("{line}");

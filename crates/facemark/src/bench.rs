@@ -185,6 +185,78 @@ pub fn run(
     Ok(())
 }
 
+/// Single-face latency: what one face costs from a decoded photo to its points, with the model's
+/// own test-time settings (crop, forward, decode, mirror averaging).
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyResult {
+    pub bench: &'static str,
+    pub model: String,
+    pub backend: &'static str,
+    /// Faces timed (each alone, batch 1).
+    pub faces: usize,
+    /// Median milliseconds per face.
+    pub ms_per_face: f64,
+    pub p90_ms: f64,
+    pub mirror_average: bool,
+}
+
+/// Times `faces` single faces (the validation faces of `data` when given, else a synthetic photo)
+/// after three untimed ones; photo decoding is not timed.
+pub fn latency(
+    config: &BenchConfig,
+    data: Option<&Dataset>,
+    faces: usize,
+) -> Result<LatencyResult, crate::run::RunError> {
+    let device = crate::backend::device();
+    let net = match &config.weights {
+        Some(path) => crate::run::load_model(config.train.model.init(&device), path)?,
+        None => config.train.model.init(&device),
+    };
+    let predictor = crate::inference::Predictor::new(config.train.clone(), net);
+    let mut photos: Vec<(image::GrayImage, Vec<crate::data::FaceBox>)> = Vec::new();
+    for sample in data
+        .map(|d| d.val.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .take(faces.max(1))
+    {
+        if let Ok(photo) = crate::data::images::load_photo(&sample.photo) {
+            photos.push((photo.into_luma8(), sample.bbox.into_iter().collect()));
+        }
+    }
+    if photos.is_empty() {
+        let mut rng = sample_rng(config.train.seed, 0, 0);
+        let noise = image::GrayImage::from_fn(400, 400, |_, _| image::Luma([rng.random::<u8>()]));
+        let bbox = crate::data::FaceBox {
+            left: 100.0,
+            top: 100.0,
+            width: 200.0,
+            height: 200.0,
+        };
+        photos.push((noise, vec![bbox]));
+    }
+    let source = std::path::Path::new("latency");
+    let mut times = Vec::with_capacity(faces);
+    for i in 0..faces.max(1) + 3 {
+        let (gray, boxes) = &photos[i % photos.len()];
+        let started = Instant::now();
+        let _ = predictor.predict_gray(gray, boxes, source);
+        if i >= 3 {
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(LatencyResult {
+        bench: "latency",
+        model: config.name.clone(),
+        backend: crate::backend::name(),
+        faces: times.len(),
+        ms_per_face: times[times.len() / 2],
+        p90_ms: times[times.len() * 9 / 10],
+        mirror_average: predictor.model.contract.mirror_average,
+    })
+}
+
 impl BenchConfig {
     /// The benchmark of `name`: a run directory or shipped model (its recipe and weights), else a
     /// task's recipe (the best one with `best`, else the study's without augmentation), with the

@@ -47,6 +47,22 @@ impl Predictor {
         Ok(Self { model, device })
     }
 
+    /// A predictor for a network in memory (validation mode is set here), with its recipe's
+    /// contract.
+    pub fn new(config: crate::recipe::TrainConfig, net: crate::model::KeypointNet) -> Self {
+        let contract = config.contract();
+        let model = LoadedModel {
+            config,
+            contract,
+            net: net.valid(),
+            source: PathBuf::from("(in memory)"),
+        };
+        Self {
+            model,
+            device: crate::backend::device(),
+        }
+    }
+
     /// Whether the model works on a face box (300-W models) rather than the whole photo (IMM).
     pub fn needs_face_box(&self) -> bool {
         self.model.contract.needs_face_box()
