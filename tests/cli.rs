@@ -885,13 +885,28 @@ fn bench_measures_a_shipped_model_by_name() {
             "0.2",
             "--batch-size",
             "4",
+            "--faces",
+            "5",
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let first: serde_json::Value =
-        serde_json::from_str(stdout(&out).lines().next().unwrap()).unwrap();
-    assert_eq!(first["model"], "nose");
-    assert!(first["images_per_s"].as_f64().unwrap() > 0.0, "{first}");
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["model"], "nose");
+    assert!(
+        lines[0]["images_per_s"].as_f64().unwrap() > 0.0,
+        "{}",
+        lines[0]
+    );
+    let latency = lines.iter().find(|l| l["bench"] == "latency").unwrap();
+    assert_eq!(latency["faces"], 5);
+    assert!(latency["ms_per_face"].as_f64().unwrap() > 0.0, "{latency}");
+    assert_eq!(
+        latency["mirror_average"], true,
+        "the shipped nose model averages with the mirror"
+    );
 }
 
 /// The `.pts` files beside 300-W's images outrank the XML's whole-pixel parts: every test face
