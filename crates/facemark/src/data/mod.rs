@@ -12,7 +12,7 @@ pub mod pts;
 
 use std::path::PathBuf;
 
-pub use images::{Example, load_gray};
+pub use images::{DecodeOptions, DecodedImage, Example, load_gray, load_gray_with};
 
 /// A 2-D point `[x, y]`.
 pub type Point = [f32; 2];
@@ -81,6 +81,22 @@ pub enum DataError {
         #[source]
         source: image::ImageError,
     },
+    #[error(
+        "{path}: truncated JPEG (its data ends before the end-of-image marker): refused; the \
+         file was probably cut short by an interrupted copy or download"
+    )]
+    TruncatedImage { path: PathBuf },
+    #[error(
+        "{path}: the image is {width}x{height} pixels, more than the {max} per side facemark decodes"
+    )]
+    ImageTooLarge {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        max: u32,
+    },
+    #[error("{path}: the file holds {bytes} bytes, more than the {max} facemark reads as an image")]
+    ImageFileTooLarge { path: PathBuf, bytes: u64, max: u64 },
     #[error("{0}")]
     MissingDataSet(String),
 }
