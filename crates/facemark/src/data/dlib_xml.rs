@@ -28,6 +28,20 @@ const XML_TO_OURS: f32 = 0.5;
 /// Parses the text of a dlib XML file; `path` names the file in errors and its folder is what
 /// relative `file` attributes are resolved against. Boxes marked `ignore='1'` are dropped (dlib
 /// uses them to exclude faces from training and evaluation).
+///
+/// What is checked, and what is deliberately kept as given:
+/// - Every kept box must be a box: finite, with a positive width and height. When the `<image>`
+///   states its `width` and `height`, the box must also overlap the image and be at most
+///   [`MAX_BOX_TO_IMAGE`](super::MAX_BOX_TO_IMAGE) times its longer side
+///   ([`FaceBox::validate`]); an error names the file and the box's line.
+/// - Points outside the image are kept: 300-W's crops cut through faces, so a chin or brow
+///   point below or beside the image is real annotation, not an error.
+/// - Duplicates are kept as given: an image listed twice is two entries, and two identical boxes
+///   are two faces. Merging would silently change what a label file means (and dlib's tools keep
+///   them too); a duplicate part name inside one box is an error, since it makes the box's point
+///   order ambiguous.
+/// - There is no cap on faces per image or images per file: a file with thousands of faces is
+///   read in one linear pass (a test reads 5000 faces in one image).
 pub fn parse_dlib_xml(text: &str, path: &Path) -> Result<Vec<LabeledImage>, DataError> {
     // dlib writes no DTD, but allowing one costs nothing (roxmltree guards entity expansion).
     let options = ParsingOptions {
@@ -144,7 +158,7 @@ impl Reader<'_, '_> {
         };
         let mut faces = Vec::new();
         for b in node.children().filter(|n| n.has_tag_name("box")) {
-            if let Some(face) = self.face(b)? {
+            if let Some(face) = self.face(b, size)? {
                 faces.push(face);
             }
         }
@@ -155,8 +169,13 @@ impl Reader<'_, '_> {
         })
     }
 
-    /// A `<box>` and its parts; `None` if the box is marked ignored.
-    fn face(&self, node: Node) -> Result<Option<AnnotatedFace>, DataError> {
+    /// A `<box>` and its parts; `None` if the box is marked ignored. A kept box is validated
+    /// against the image's stated `size`, or on its own without one.
+    fn face(
+        &self,
+        node: Node,
+        size: Option<(u32, u32)>,
+    ) -> Result<Option<AnnotatedFace>, DataError> {
         let ignored = match node.attribute("ignore").map(str::trim) {
             None | Some("0" | "false") => false,
             Some("1" | "true") => true,
@@ -176,6 +195,11 @@ impl Reader<'_, '_> {
         if ignored {
             return Ok(None);
         }
+        let valid = match size {
+            Some((width, height)) => bbox.validate(width, height),
+            None => bbox.validate_shape(),
+        };
+        valid.map_err(|e| self.error(node, e.to_string()))?;
         let mut names = HashSet::new();
         let mut parts: Vec<(&str, Point)> = Vec::new();
         for part in node.children().filter(|n| n.has_tag_name("part")) {
@@ -482,6 +506,126 @@ mod tests {
         assert!(text.ends_with("</images>\n</dataset>"));
         let back = parse_dlib_xml(&text, &base.join("labels.xml")).unwrap();
         assert_eq!(back, images);
+    }
+
+    #[test]
+    fn boxes_that_do_not_fit_their_image_name_file_and_line() {
+        // SMALL's first image is 500x375; its first box is on line 8.
+        let cases = [
+            (
+                "width='37' height='37'",
+                "width='0' height='37'",
+                "(194,90,0,37)",
+            ),
+            (
+                "width='37' height='37'",
+                "width='-37' height='37'",
+                "positive",
+            ),
+            (
+                "top='90' left='194'",
+                "top='90' left='900'",
+                "outside the 500x375 image",
+            ),
+            ("top='90' left='194'", "top='-90' left='-194'", "outside"),
+            (
+                "width='37' height='37'",
+                "width='37' height='6000'",
+                "10 times",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            let text = SMALL.replacen(from, to, 1);
+            assert_ne!(text, SMALL);
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.starts_with("/data/set/labels.xml:8: face box"), "{err}");
+            assert!(err.contains(expected), "{to}: {err}");
+        }
+        // Without a stated size a box is still checked on its own.
+        let text = SMALL.replace(
+            "<box top='1' left='2' width='3' height='4'/>",
+            "<box top='1' left='2' width='0' height='4'/>",
+        );
+        let (line, reason) = error_line(&text);
+        assert_eq!(line, 19);
+        assert!(reason.contains("empty"), "{reason}");
+        // An ignored box is dropped unchecked: dlib marks partial faces that way.
+        let ignored = SMALL.replace(
+            "<box top='5' left='6' width='7' height='8' ignore='1'>",
+            "<box top='5' left='6' width='0' height='8' ignore='1'>",
+        );
+        assert!(parse(&ignored).is_ok());
+    }
+
+    #[test]
+    fn points_outside_the_image_are_kept() {
+        let text = "<dataset><images><image file='x.jpg' width='100' height='80'>\
+                    <box top='40' left='10' width='80' height='60'><part name='0' x='-5' y='95'/>\
+                    <part name='1' x='150' y='-3'/></box></image></images></dataset>";
+        let images = parse(text).unwrap();
+        assert_eq!(images[0].faces[0].points, vec![[-4.5, 95.5], [150.5, -2.5]]);
+    }
+
+    #[test]
+    fn duplicate_images_and_boxes_are_kept_as_given() {
+        let image = "<image file='x.jpg' width='100' height='80'>\
+                     <box top='10' left='10' width='30' height='30'/>\
+                     <box top='10' left='10' width='30' height='30'/></image>";
+        let text = format!("<dataset><images>{image}{image}</images></dataset>");
+        let images = parse(&text).unwrap();
+        assert_eq!(images.len(), 2);
+        assert_eq!(images[0], images[1]);
+        assert_eq!(images[0].faces.len(), 2);
+        assert_eq!(images[0].faces[0], images[0].faces[1]);
+    }
+
+    #[test]
+    fn thousands_of_faces_in_one_image_are_read() {
+        let boxes: String = (0..5000)
+            .map(|i| {
+                format!(
+                    "<box top='{}' left='{}' width='20' height='20'><part name='0' x='1' y='2'/></box>\n",
+                    (i / 100) * 20,
+                    (i % 100) * 20
+                )
+            })
+            .collect();
+        let text = format!(
+            "<dataset><images><image file='crowd.jpg' width='2000' height='1000'>\n{boxes}</image></images></dataset>"
+        );
+        let started = std::time::Instant::now();
+        let images = parse(&text).unwrap();
+        assert_eq!(images[0].faces.len(), 5000);
+        assert_eq!(images[0].faces[4999].bbox, bbox(1980.0, 980.0, 20.0, 20.0));
+        assert!(
+            started.elapsed().as_secs_f64() < 5.0,
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn every_real_label_file_passes_box_validation() {
+        for path in [
+            "ibug_300w/labels_300w_train.xml",
+            "ibug_300w/labels_300w_test.xml",
+            "ibug_300w/labels_300w_train_hogbox.xml",
+            "ibug_300w/labels_300w_test_hogbox.xml",
+            "dlib_example_faces/training.xml",
+            "dlib_example_faces/testing_with_face_landmarks.xml",
+        ] {
+            let path = Path::new("/work/shared/data").join(path);
+            if !path.is_file() {
+                eprintln!("skipped: {} is absent", path.display());
+                continue;
+            }
+            let images = read_dlib_xml(&path).unwrap();
+            assert!(
+                images.iter().all(|i| i.size.is_some()),
+                "{}",
+                path.display()
+            );
+        }
     }
 
     #[test]
