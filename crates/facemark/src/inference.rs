@@ -83,6 +83,7 @@ impl Predictor {
         boxes: &[FaceBox],
     ) -> Result<Vec<Prediction>, DataError> {
         let gray = load_photo(path)?.into_luma8();
+        check_boxes(&gray, boxes, path)?;
         Ok(self.predict_gray(&gray, boxes, path))
     }
 
@@ -128,6 +129,19 @@ impl Predictor {
             })
             .collect()
     }
+}
+
+/// Refuses a box that cannot be a face in `gray` (not finite, empty, outside the photo or far
+/// larger than it), naming the box and the photo.
+pub fn check_boxes(gray: &GrayImage, boxes: &[FaceBox], source: &Path) -> Result<(), DataError> {
+    for b in boxes {
+        b.validate(gray.width(), gray.height())
+            .map_err(|e| DataError::Malformed {
+                path: source.to_owned(),
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(())
 }
 
 /// The whole-photo pipeline: the face detector finds every face, the landmark model finds its
@@ -365,6 +379,10 @@ pub fn predict_jobs(
         let found = if boxes.is_empty() && pipeline.landmarker.needs_face_box() {
             pipeline.run(&gray, path)
         } else {
+            if let Err(e) = check_boxes(&gray, boxes, path) {
+                failures.push(e);
+                continue;
+            }
             pipeline.landmarker.predict_gray(&gray, boxes, path)
         };
         let name = path

@@ -45,6 +45,11 @@ pub fn load_gray(path: &Path) -> Result<GrayImage, DataError> {
 
 /// Decodes an image file to 8-bit grayscale with the given options.
 pub fn load_gray_with(path: &Path, options: DecodeOptions) -> Result<DecodedImage, DataError> {
+    decode_gray(&read_image_file(path)?, path, options)
+}
+
+/// Reads an image file's bytes, refusing one larger than [`MAX_DECODE_BYTES`].
+fn read_image_file(path: &Path) -> Result<Vec<u8>, DataError> {
     let io = |source| DataError::Io {
         path: path.to_owned(),
         source,
@@ -57,8 +62,7 @@ pub fn load_gray_with(path: &Path, options: DecodeOptions) -> Result<DecodedImag
             max: MAX_DECODE_BYTES,
         });
     }
-    let bytes = std::fs::read(path).map_err(io)?;
-    decode_gray(&bytes, path, options)
+    std::fs::read(path).map_err(io)
 }
 
 /// Decodes the bytes of an image file (JPEG or PNG, told by their content) to 8-bit grayscale;
@@ -68,6 +72,20 @@ pub fn decode_gray(
     path: &Path,
     options: DecodeOptions,
 ) -> Result<DecodedImage, DataError> {
+    let (image, warning) = decode_photo(bytes, path, options)?;
+    Ok(DecodedImage {
+        gray: image.into_luma8(),
+        warning,
+    })
+}
+
+/// [`decode_gray`]'s checks and decoding, keeping the colour; with a warning when a defect was
+/// accepted.
+fn decode_photo(
+    bytes: &[u8],
+    path: &Path,
+    options: DecodeOptions,
+) -> Result<(image::DynamicImage, Option<String>), DataError> {
     let image_error = |source| DataError::Image {
         path: path.to_owned(),
         source,
@@ -110,11 +128,17 @@ pub fn decode_gray(
             path.display()
         ));
     }
-    let image = reader(decode_limits())?.decode().map_err(image_error)?;
-    Ok(DecodedImage {
-        gray: image.into_luma8(),
-        warning,
-    })
+    // Decoded as a person sees it: the EXIF orientation a phone wrote is applied.
+    use image::ImageDecoder;
+    let mut decoder = reader(decode_limits())?
+        .into_decoder()
+        .map_err(image_error)?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = image::DynamicImage::from_decoder(decoder).map_err(image_error)?;
+    image.apply_orientation(orientation);
+    Ok((image, warning))
 }
 
 /// The decoder's limits: [`MAX_IMAGE_SIDE`] per side and [`MAX_DECODE_BYTES`] in all.
@@ -247,27 +271,11 @@ pub fn scale_points(points: &[Point], width: f32, height: f32) -> Vec<Point> {
         .collect()
 }
 
-/// Decodes a photo as a person sees it: the EXIF orientation a phone wrote is applied (a
-/// portrait taken with the phone on its side comes out upright), colour or grey.
+/// Decodes a photo as a person sees it (the EXIF orientation a phone wrote is applied), colour
+/// or grey, with the checks of [`load_gray`].
 pub fn load_photo(path: &Path) -> Result<image::DynamicImage, DataError> {
-    use image::ImageDecoder;
-    let image_error = |source| DataError::Image {
-        path: path.to_owned(),
-        source,
-    };
-    let reader = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|source| DataError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-    let mut decoder = reader.into_decoder().map_err(image_error)?;
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut image = image::DynamicImage::from_decoder(decoder).map_err(image_error)?;
-    image.apply_orientation(orientation);
-    Ok(image)
+    let bytes = read_image_file(path)?;
+    decode_photo(&bytes, path, DecodeOptions::default()).map(|(image, _)| image)
 }
 
 #[cfg(test)]
