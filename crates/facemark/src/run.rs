@@ -9,11 +9,32 @@
 //! RUN/model-best.bpk     weights of the epoch with the lowest validation loss
 //! RUN/eval.json          metrics of the best model on the validation split
 //! RUN/figures/*.png      figures drawn from the files above
+//! RUN/*.bpk.sha256       each weights file's SHA-256, in `sha256sum` format
+//! RUN/train.lock         held (OS advisory lock, pid inside) while a training runs here
 //! ```
 //! Every file is written atomically (temporary file, then rename), so an interrupted run never
 //! leaves a half-written checkpoint behind.
+//!
+//! **Checksums.** Each weights file (`model-best.bpk`, `model-last.bpk`, `optimizer-last.bpk`,
+//! a shipped `model.bpk`) gets `<file>.sha256` right after it is written, and loading compares
+//! the two: a mismatch (a flipped bit, a file replaced by hand) is refused by name. A weights file
+//! without a checksum is accepted, as runs from before checksums have none. The old checksum is
+//! removed before new weights are written, so no interruption leaves new weights beside an old
+//! checksum (refused) but at worst new weights without one (accepted).
+//!
+//! **Interruptions.** An epoch writes `model-best`, then `model-last`, then `optimizer-last`,
+//! then `state.json` and `metrics.csv`. `state.json` never names an epoch whose weights are not
+//! on disk; a process killed after the weights but before the state resumes by training that
+//! epoch again from the weights already saved, so every epoch appears once in the history.
+//!
+//! **Fault injection (a testing hook).** `FACEMARK_FAULT=POINT` or `POINT@EPOCH` makes the process
+//! abort at that point of checkpoint writing, as a kill would: `after-model-best`,
+//! `after-model-last`, `after-optimizer-last`, `after-state` (in the training loop), and
+//! `before-checksum:FILE` (between a weights file, e.g. `model-last.bpk`, and its checksum).
+//! Never set it outside tests.
 
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleMapper, Param};
@@ -21,6 +42,7 @@ use burn::store::ModuleRecord;
 use burn::tensor::{DType, Device, Tensor};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::contract::InferenceContract;
 use crate::model::KeypointNet;
@@ -45,6 +67,20 @@ pub enum RunError {
     Invalid { path: PathBuf, reason: String },
     #[error("{0} already holds a run: resume it, or replace it explicitly")]
     Exists(PathBuf),
+    #[error(
+        "{path}: checksum mismatch: the file is corrupt or was replaced (its SHA-256 is not the \
+         one in {checksum})"
+    )]
+    ChecksumMismatch { path: PathBuf, checksum: PathBuf },
+    #[error(
+        "{dir} is in use by another training (process {holder}, lock {lock}): wait for it to \
+         finish or stop it"
+    )]
+    Busy {
+        dir: PathBuf,
+        lock: PathBuf,
+        holder: String,
+    },
     #[error(
         "no model {name:?}: not a run directory, and not among the shipped models in {models} ({available})"
     )]
@@ -71,6 +107,204 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
     tmp.as_file().sync_all().map_err(err)?;
     tmp.persist(path).map_err(|e| err(e.error))?;
     Ok(())
+}
+
+/// The checksum file beside a weights file: `<file>.sha256`.
+pub fn checksum_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
+/// A checksum file's text for `bytes` saved as `path`: `sha256sum` format (`<hex>  <name>`), so
+/// `sha256sum -c model.bpk.sha256` checks it too.
+pub fn checksum_text(bytes: &[u8], path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    format!("{}  {name}\n", sha256_hex(bytes))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes a weights file atomically and then its checksum ([`checksum_path`]), also atomically.
+pub fn write_checked(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+    let checksum = checksum_path(path);
+    // Old checksum out first: interrupted between the two writes, the new weights are then
+    // unchecked (accepted) rather than beside the old checksum (refused as corrupt).
+    match std::fs::remove_file(&checksum) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(RunError::Write {
+                path: checksum,
+                source,
+            });
+        }
+    }
+    write_atomic(path, bytes)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    fault_point(&format!("before-checksum:{name}"), None);
+    write_atomic(&checksum, checksum_text(bytes, path).as_bytes())
+}
+
+/// Reads a weights file and checks it against its checksum file, if it has one.
+pub fn read_checked(path: &Path) -> Result<Vec<u8>, RunError> {
+    let bytes = std::fs::read(path).map_err(|source| RunError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    verify_checksum(path, &bytes)?;
+    Ok(bytes)
+}
+
+/// Compares `bytes`, read from `path`, with `path`'s checksum file; no checksum file passes.
+pub fn verify_checksum(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+    let checksum = checksum_path(path);
+    let text = match std::fs::read(&checksum) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(RunError::Read {
+                path: checksum,
+                source,
+            });
+        }
+    };
+    let expected = text
+        .split(|b| b.is_ascii_whitespace())
+        .find(|field| !field.is_empty())
+        .filter(|field| field.len() == 64 && field.iter().all(u8::is_ascii_hexdigit))
+        .ok_or_else(|| RunError::Invalid {
+            path: checksum.clone(),
+            reason: "not a SHA-256 checksum file (expected `<64 hex digits>  <file name>`)".into(),
+        })?;
+    if expected.eq_ignore_ascii_case(sha256_hex(bytes).as_bytes()) {
+        Ok(())
+    } else {
+        Err(RunError::ChecksumMismatch {
+            path: path.to_owned(),
+            checksum,
+        })
+    }
+}
+
+/// The testing hook described in the module documentation: aborts the process, as a kill would,
+/// when `FACEMARK_FAULT` names this point (`POINT`, or `POINT@EPOCH` for one epoch only).
+pub fn fault_point(point: &str, epoch: Option<usize>) {
+    let Some(spec) = std::env::var_os("FACEMARK_FAULT") else {
+        return;
+    };
+    let spec = spec.to_string_lossy();
+    let hit = match spec.split_once('@') {
+        Some((name, at)) => name == point && epoch.is_some_and(|e| at.parse() == Ok(e)),
+        None => spec == point,
+    };
+    if hit {
+        eprintln!("FACEMARK_FAULT={spec}: aborting at {point}");
+        std::process::abort();
+    }
+}
+
+/// Exclusive use of a run directory by one training: `RUN/train.lock`, held with the OS's
+/// advisory lock and holding the holder's pid for messages. The OS releases the lock when the
+/// process ends, however it ends, so a lock file left by a killed run is simply taken over;
+/// dropping the guard removes the file.
+#[derive(Debug)]
+pub struct RunLock {
+    path: PathBuf,
+    // Held open: closing it releases the lock.
+    _file: File,
+}
+
+impl RunLock {
+    /// The lock file of run directory `dir`.
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("train.lock")
+    }
+
+    /// Takes the lock of run directory `dir` (creating the directory), or says who holds it.
+    pub fn acquire(dir: &Path) -> Result<Self, RunError> {
+        let path = Self::path(dir);
+        let write_err = |source| RunError::Write {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(write_err)?;
+        // A holder that finishes removes the file between our open and our lock: we then hold
+        // a lock on a file no longer at `path`. Checking that it still is, and retrying when not,
+        // keeps two processes from each holding a different file.
+        for _ in 0..8 {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(write_err)?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let mut holder = String::new();
+                    // The pid is for the message only; an unreadable one says so.
+                    let _ = file.read_to_string(&mut holder);
+                    let holder = match holder.trim() {
+                        "" => "unknown".to_string(),
+                        pid => pid.to_string(),
+                    };
+                    return Err(RunError::Busy {
+                        dir: dir.to_owned(),
+                        lock: path,
+                        holder,
+                    });
+                }
+                Err(std::fs::TryLockError::Error(source)) => return Err(write_err(source)),
+            }
+            if !still_at(&file, &path) {
+                continue;
+            }
+            file.set_len(0).map_err(write_err)?;
+            writeln!(file, "{}", std::process::id()).map_err(write_err)?;
+            return Ok(Self { path, _file: file });
+        }
+        Err(write_err(std::io::Error::other(
+            "the lock file kept being replaced while taking it",
+        )))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        // Removed while still locked (the file closes after this), so a waiting process that
+        // opened it sees it gone and retries. Failing to remove it is harmless: the lock is
+        // released with the file either way.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether the open `file` is the one now at `path`.
+#[cfg(unix)]
+fn still_at(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Whether the open `file` is the one now at `path` (elsewhere an open file cannot be removed).
+#[cfg(not(unix))]
+fn still_at(_file: &File, path: &Path) -> bool {
+    path.is_file()
 }
 
 /// Writes a value as pretty JSON, atomically.
@@ -207,15 +441,13 @@ fn save_record(record: ModuleRecord, path: &Path) -> Result<(), RunError> {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
-    write_atomic(path, &bytes)
+    write_checked(path, &bytes)
 }
 
-/// Loads weights saved by [`save_model`] or [`save_model_half`] into `model`.
+/// Loads weights saved by [`save_model`] or [`save_model_half`] into `model`, checked against
+/// their checksum file when there is one.
 pub fn load_model(model: KeypointNet, path: &Path) -> Result<KeypointNet, RunError> {
-    let bytes = std::fs::read(path).map_err(|source| RunError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let bytes = read_checked(path)?;
     let invalid = |e: burn::store::RecordError| RunError::Invalid {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -358,6 +590,96 @@ mod tests {
         for (a, b) in a.iter().flatten().zip(b.iter().flatten()) {
             assert!((a - b).abs() < 1e-2, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn a_corrupted_model_is_refused_by_checksum() {
+        let device = Device::flex();
+        let config = crate::model::ModelConfig::nose();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model-last.bpk");
+        save_model(&config.init(&device), &path).unwrap();
+        let checksum = checksum_path(&path);
+        let text = std::fs::read_to_string(&checksum).unwrap();
+        assert!(
+            text.ends_with("  model-last.bpk\n") && text.len() == 64 + 2 + 14 + 1,
+            "{text}"
+        );
+        assert!(load_model(config.init(&device), &path).is_ok());
+
+        // One byte flipped in the middle: still a well-formed record, refused by checksum.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = load_model(config.init(&device), &path).err().unwrap();
+        assert!(matches!(err, RunError::ChecksumMismatch { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("model-last.bpk: checksum mismatch: the file is corrupt or was replaced"),
+            "{text}"
+        );
+
+        // A missing checksum (a run from before checksums) is accepted.
+        std::fs::remove_file(&checksum).unwrap();
+        assert!(load_model(config.init(&device), &path).is_ok());
+        // A checksum file that is not one is refused by its own name.
+        std::fs::write(&checksum, "not a checksum\n").unwrap();
+        let err = load_model(config.init(&device), &path).err().unwrap();
+        assert!(err.to_string().contains("model-last.bpk.sha256"), "{err}");
+    }
+
+    #[test]
+    fn rewriting_weights_rewrites_their_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.bpk");
+        write_checked(&path, b"first").unwrap();
+        write_checked(&path, b"second").unwrap();
+        assert_eq!(read_checked(&path).unwrap(), b"second");
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 2, "weights and checksum, no temporary files");
+    }
+
+    #[test]
+    fn shipped_models_carry_matching_checksums() {
+        for name in ["nose", "imm58", "ibug68", "heatmap"] {
+            let path = models_dir().join(name).join("model.bpk");
+            assert!(checksum_path(&path).is_file(), "{}", path.display());
+            read_checked(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_held_run_lock_refuses_a_second_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let lock = RunLock::acquire(&run).unwrap();
+        let pid = std::process::id().to_string();
+        assert_eq!(
+            std::fs::read_to_string(RunLock::path(&run)).unwrap().trim(),
+            pid
+        );
+        let err = RunLock::acquire(&run).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, RunError::Busy { .. }), "{text}");
+        assert!(text.contains(&pid) && text.contains("in use"), "{text}");
+        drop(lock);
+        assert!(
+            !RunLock::path(&run).exists(),
+            "the lock file goes with the lock"
+        );
+        drop(RunLock::acquire(&run).unwrap());
+    }
+
+    #[test]
+    fn a_lock_file_left_by_a_dead_process_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        // What a killed training leaves: the file with its pid, but no OS lock on it.
+        std::fs::write(RunLock::path(dir.path()), "4194303\n").unwrap();
+        let lock = RunLock::acquire(dir.path()).unwrap();
+        let text = std::fs::read_to_string(RunLock::path(dir.path())).unwrap();
+        assert_eq!(text.trim(), std::process::id().to_string());
+        drop(lock);
     }
 
     #[test]

@@ -69,6 +69,10 @@ pub fn train_and_report(
         match existing {
             Existing::Refuse => return Err(RunError::Exists(dir.to_owned()).into()),
             Existing::Replace => {
+                // Never wipe a run that a training is still writing. The lock is let go
+                // before the wipe (`train` takes it again), so a training started in those
+                // milliseconds could still lose files: a window, not a guarantee.
+                drop(crate::run::RunLock::acquire(dir)?);
                 std::fs::remove_dir_all(dir).map_err(|source| RunError::Write {
                     path: dir.to_owned(),
                     source,

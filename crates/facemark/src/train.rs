@@ -15,7 +15,9 @@ use crate::data::{DataError, Example, Point};
 use crate::dataset::{DataSource, Dataset, Sampling};
 use crate::model::{KeypointNet, ValidationMetric};
 use crate::recipe::{RecipeError, Task, TrainConfig};
-use crate::run::{EpochRecord, RunDir, RunError, RunState, save_model, write_json};
+use crate::run::{
+    EpochRecord, RunDir, RunError, RunLock, RunState, fault_point, save_model, write_json,
+};
 
 impl TrainConfig {
     /// The faces this recipe trains on.
@@ -74,6 +76,11 @@ pub enum TrainError {
         batch: usize,
         value: f32,
     },
+    #[error(
+        "the validation loss became {value} at epoch {epoch}: stopped; the last good checkpoint \
+         is kept (try a lower learning rate)"
+    )]
+    NonFiniteValidation { epoch: usize, value: f64 },
 }
 
 /// The finished run.
@@ -86,7 +93,8 @@ pub struct TrainOutcome {
 }
 
 /// Trains `config` on `data` into `run`. With `resume`, continues from the run's last checkpoint;
-/// without, the run directory must not hold a run yet.
+/// without, the run directory must not hold a run yet. The run directory is locked
+/// ([`RunLock`]) for the whole run: a second training into it is refused while this one runs.
 pub fn train(
     config: &TrainConfig,
     data: &Dataset,
@@ -95,6 +103,7 @@ pub fn train(
     show_progress: bool,
 ) -> Result<TrainOutcome, TrainError> {
     config.validate()?;
+    let _lock = RunLock::acquire(&run.root)?;
     let config = &if resume && run.exists() {
         // A resumed run keeps the recipe it started with, data statistics included: weights
         // trained with a shape prior are wrong without it.
@@ -114,10 +123,13 @@ pub fn train(
         state = run.read_state()?;
         model = crate::run::load_model(model, &run.model_last())?;
         let path = run.optimizer_last();
-        optim = optim.load(&path).map_err(|e| RunError::Invalid {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let bytes = crate::run::read_checked(&path)?;
+        optim = optim
+            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+            .map_err(|e| RunError::Invalid {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
     } else {
         write_json(&run.config(), config)?;
         write_json(&run.inference(), &config.contract())?;
@@ -148,6 +160,14 @@ pub fn train(
             model = optim.step(lr, model, grads);
         }
         let val_loss = validation_loss(config, &model.valid(), &val_examples);
+        // Weights that give a finite training loss can still overflow on validation images;
+        // saving them would replace the last good checkpoint.
+        if !val_loss.is_finite() {
+            return Err(TrainError::NonFiniteValidation {
+                epoch,
+                value: val_loss,
+            });
+        }
         let record = EpochRecord {
             epoch,
             train_loss: loss_sum / batches.max(1) as f64,
@@ -159,14 +179,18 @@ pub fn train(
             state.best_val_loss = Some(val_loss);
             state.best_epoch = Some(epoch);
             save_model(&model, &run.model_best())?;
+            fault_point("after-model-best", Some(epoch));
         }
-        // Weights and optimizer first, then the state that names their epoch.
+        // Weights and optimizer first, then the state that names their epoch (see crate::run
+        // on interruptions).
         save_model(&model, &run.model_last())?;
+        fault_point("after-model-last", Some(epoch));
         let bytes = optim.into_bytes().map_err(|e| RunError::Invalid {
             path: run.optimizer_last(),
             reason: e.to_string(),
         })?;
-        crate::run::write_atomic(&run.optimizer_last(), &bytes)?;
+        crate::run::write_checked(&run.optimizer_last(), &bytes)?;
+        fault_point("after-optimizer-last", Some(epoch));
         progress.set_message(format!(
             "train {:.5}  val {:.5}  best {:.5}",
             record.train_loss,
@@ -175,6 +199,7 @@ pub fn train(
         ));
         state.history.push(record);
         run.write_state(&state)?;
+        fault_point("after-state", Some(epoch));
         progress.inc(1);
     }
     progress.finish();
@@ -258,4 +283,191 @@ fn progress_bar(epochs: usize, done: usize, visible: bool) -> indicatif::Progres
     );
     bar.set_position(done as u64);
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+
+    /// The data folder, or `None` (with a visible message) when its IMM photos are absent.
+    fn data_root() -> Option<PathBuf> {
+        let root = std::env::var_os("FACEMARK_DATA")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/work/shared/data"));
+        if root.join("imm_face_db").is_dir() {
+            Some(root)
+        } else {
+            eprintln!("SKIPPED: no IMM data in {}", root.display());
+            None
+        }
+    }
+
+    /// The nose study recipe for `epochs` epochs, and its data.
+    fn nose(epochs: usize, root: &Path) -> (TrainConfig, Dataset) {
+        let mut config = TrainConfig::study(Task::Nose);
+        config.epochs = epochs;
+        let data = load_data(&config, root).unwrap();
+        (config, data)
+    }
+
+    /// Changes a run's stored recipe, as resuming reads it.
+    fn edit_stored_config(run: &RunDir, edit: impl FnOnce(&mut TrainConfig)) {
+        let mut stored = run.read_config().unwrap();
+        edit(&mut stored);
+        write_json(&run.config(), &stored).unwrap();
+    }
+
+    #[test]
+    fn a_second_training_into_a_locked_run_is_refused() {
+        let Some(root) = data_root() else { return };
+        let (config, data) = nose(1, &root);
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path().join("run"));
+        let held = RunLock::acquire(&run.root).unwrap();
+        let err = train(&config, &data, &run, false, false).err().unwrap();
+        let text = err.to_string();
+        assert!(
+            matches!(err, TrainError::Run(RunError::Busy { .. })),
+            "{text}"
+        );
+        assert!(text.contains("is in use by another training"), "{text}");
+        assert!(text.contains(&std::process::id().to_string()), "{text}");
+        assert!(!run.config().exists(), "nothing written into the busy run");
+        drop(held);
+        train(&config, &data, &run, false, false).unwrap();
+        assert!(!RunLock::path(&run.root).exists(), "released at the end");
+    }
+
+    #[test]
+    fn a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+        let Some(root) = data_root() else { return };
+        let (config, data) = nose(1, &root);
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        train(&config, &data, &run, false, false).unwrap();
+        let files = [
+            run.model_last(),
+            run.optimizer_last(),
+            run.model_best(),
+            run.state(),
+        ];
+        let before: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+
+        // A second epoch at an absurd learning rate: Adam moves every weight by ~1e30.
+        edit_stored_config(&run, |c| {
+            c.epochs = 2;
+            c.learning_rate = 1e30;
+        });
+        let err = train(&config, &data, &run, true, false).err().unwrap();
+        let text = err.to_string();
+        assert!(
+            matches!(
+                err,
+                TrainError::NonFinite { epoch: 2, .. }
+                    | TrainError::NonFiniteValidation { epoch: 2, .. }
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("at epoch 2") && text.contains("the last good checkpoint is kept"),
+            "{text}"
+        );
+        for (file, bytes) in files.iter().zip(&before) {
+            assert_eq!(
+                &std::fs::read(file).unwrap(),
+                bytes,
+                "{} changed",
+                file.display()
+            );
+        }
+        assert_eq!(run.read_state().unwrap().epochs_done(), 1);
+        crate::run::load_model(
+            config.model.init(&crate::backend::device()),
+            &run.model_last(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_run_that_cannot_write_stops_with_a_clean_error() {
+        let Some(root) = data_root() else { return };
+        let (config, data) = nose(1, &root);
+        let dir = tempfile::tempdir().unwrap();
+
+        // A run folder that cannot be made (its parent is a file: refused even to root).
+        let file = dir.path().join("file.txt");
+        std::fs::write(&file, "").unwrap();
+        let run = RunDir::new(file.join("run"));
+        let err = train(&config, &data, &run, false, false).err().unwrap();
+        assert!(
+            matches!(err, TrainError::Run(RunError::Write { .. })),
+            "{err}"
+        );
+        assert!(err.to_string().contains("file.txt/run"), "{err}");
+
+        // A read-only run folder (only effective when not running as root).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let readonly = dir.path().join("readonly");
+            std::fs::create_dir(&readonly).unwrap();
+            let mode = |m| std::fs::Permissions::from_mode(m);
+            std::fs::set_permissions(&readonly, mode(0o555)).unwrap();
+            if std::fs::write(readonly.join("probe"), "").is_err() {
+                let err = train(&config, &data, &RunDir::new(&readonly), false, false)
+                    .err()
+                    .unwrap();
+                assert!(err.to_string().contains("readonly"), "{err}");
+            } else {
+                eprintln!("read-only folder not tested: this user writes into it anyway (root)");
+            }
+            std::fs::set_permissions(&readonly, mode(0o755)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_failed_write_stops_cleanly_and_the_run_resumes() {
+        let Some(root) = data_root() else { return };
+        let (config, data) = nose(1, &root);
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        train(&config, &data, &run, false, false).unwrap();
+
+        // Epoch 2 cannot write its metrics: a directory stands in the file's place (a failure
+        // even root meets, unlike permissions). It is the last write of an epoch, after the
+        // weights: the state still says epoch 1, and every weights file is whole and checked.
+        std::fs::remove_file(run.metrics()).unwrap();
+        std::fs::create_dir(run.metrics()).unwrap();
+        edit_stored_config(&run, |c| c.epochs = 2);
+        let err = train(&config, &data, &run, true, false).err().unwrap();
+        assert!(
+            matches!(err, TrainError::Run(RunError::Write { .. })),
+            "{err}"
+        );
+        assert!(err.to_string().contains("metrics.csv"), "{err}");
+        assert_eq!(run.read_state().unwrap().epochs_done(), 1);
+        let device = crate::backend::device();
+        for weights in [run.model_last(), run.model_best()] {
+            crate::run::load_model(config.model.init(&device), &weights).unwrap();
+        }
+        assert!(
+            !RunLock::path(&run.root).exists(),
+            "the lock is released on error"
+        );
+
+        // The cause removed, the run resumes where its state says it stopped.
+        std::fs::remove_dir(run.metrics()).unwrap();
+        let outcome = train(&config, &data, &run, true, false).unwrap();
+        let epochs: Vec<usize> = outcome.state.history.iter().map(|r| r.epoch).collect();
+        assert_eq!(epochs, vec![1, 2]);
+        assert_eq!(
+            std::fs::read_to_string(run.metrics())
+                .unwrap()
+                .lines()
+                .count(),
+            3
+        );
+    }
 }
