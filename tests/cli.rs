@@ -1198,3 +1198,121 @@ fn whole_photos_with_one_annotated_face_each_evaluate_through_the_pipeline() {
     );
     assert!(eval["nme_inter_ocular"].as_f64().unwrap() < 8.0, "{eval}");
 }
+
+/// The epochs a run's state.json records, in order (empty before the first epoch finishes).
+fn recorded_epochs(run: &Path) -> Vec<u64> {
+    let Ok(text) = std::fs::read_to_string(run.join("state.json")) else {
+        return Vec::new();
+    };
+    let state: serde_json::Value = serde_json::from_str(&text).unwrap();
+    state["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["epoch"].as_u64().unwrap())
+        .collect()
+}
+
+/// `facemark train nose ...` as a child process, with `fault` as FACEMARK_FAULT if given.
+fn spawn_training(data: &Path, args: &[&str], fault: Option<&str>) -> std::process::Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_facemark"));
+    command
+        .arg("--data")
+        .arg(data)
+        .args(["train", "nose"])
+        .args(args)
+        .env("CI", "1")
+        .env_remove("FACEMARK_FAULT")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    if let Some(fault) = fault {
+        command.env("FACEMARK_FAULT", fault);
+    }
+    command.spawn().expect("facemark starts")
+}
+
+#[test]
+fn killed_training_resumes_with_every_epoch_once() {
+    let Some(data) = data_dir() else { return };
+    const EPOCHS: u64 = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let run_str = run.to_str().unwrap();
+    let resume = ["--resume", run_str];
+
+    // 1. SIGKILL once some epochs are on disk (wherever in the loop that lands).
+    let mut child = spawn_training(&data, &["--epochs", "8", "--out", run_str], None);
+    let started = std::time::Instant::now();
+    while recorded_epochs(&run).len() < 2 && child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed().as_secs() < 300,
+            "no epoch written in 5 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    let after_kill = recorded_epochs(&run);
+    assert!(after_kill.len() >= 2, "{after_kill:?}");
+
+    // 2. Killed inside checkpoint writing, at each point the next epoch passes: between
+    // model-last and its checksum, after model-last, after optimizer-last, after the state.
+    for point in [
+        "before-checksum:model-last.bpk",
+        "after-model-last",
+        "after-optimizer-last",
+        "after-state",
+    ] {
+        let done = recorded_epochs(&run).len() as u64;
+        if done >= EPOCHS {
+            break;
+        }
+        let fault = if point.starts_with("before-checksum") {
+            point.to_string()
+        } else {
+            format!("{point}@{}", done + 1)
+        };
+        let out = spawn_training(&data, &resume, Some(&fault))
+            .wait_with_output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{fault} did not stop the run: {err}");
+        assert!(err.contains("aborting at"), "{fault}: {err}");
+        let expected = if point == "after-state" {
+            done + 1
+        } else {
+            done
+        };
+        assert_eq!(recorded_epochs(&run).len() as u64, expected, "{fault}");
+    }
+
+    // 3. Resume until done.
+    let out = spawn_training(&data, &resume, None)
+        .wait_with_output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let epochs = recorded_epochs(&run);
+    assert_eq!(epochs, (1..=EPOCHS).collect::<Vec<_>>());
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let csv_epochs: Vec<u64> = metrics
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(csv_epochs, epochs, "{metrics}");
+
+    // The final weights load (and pass their checksums) through the CLI and the library.
+    let out = facemark(&data, &["eval", "--model", run_str, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let device = facemark::backend::device();
+    for weights in ["model-last.bpk", "model-best.bpk"] {
+        let path = run.join(weights);
+        assert!(run.join(format!("{weights}.sha256")).is_file());
+        let config = RunDir::new(&run).read_config().unwrap();
+        facemark::run::load_model(config.model.init(&device), &path).unwrap();
+    }
+    assert!(
+        !run.join("train.lock").exists(),
+        "the finished run released its lock"
+    );
+}

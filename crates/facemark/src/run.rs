@@ -239,7 +239,10 @@ impl RunLock {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(write_err)?;
+        std::fs::create_dir_all(dir).map_err(|source| RunError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
         // A holder that finishes removes the file between our open and our lock: we then hold
         // a lock on a file no longer at `path`. Checking that it still is, and retrying when not,
         // keeps two processes from each holding a different file.

@@ -362,6 +362,7 @@ mod tests {
         });
         let err = train(&config, &data, &run, true, false).err().unwrap();
         let text = err.to_string();
+        eprintln!("{text}");
         assert!(
             matches!(
                 err,
@@ -401,11 +402,12 @@ mod tests {
         std::fs::write(&file, "").unwrap();
         let run = RunDir::new(file.join("run"));
         let err = train(&config, &data, &run, false, false).err().unwrap();
+        eprintln!("{err}");
         assert!(
             matches!(err, TrainError::Run(RunError::Write { .. })),
             "{err}"
         );
-        assert!(err.to_string().contains("file.txt/run"), "{err}");
+        assert!(err.to_string().contains("file.txt/run:"), "{err}");
 
         // A read-only run folder (only effective when not running as root).
         #[cfg(unix)]

@@ -90,7 +90,9 @@ pub fn parse_asf(text: &str, path: &Path) -> Result<AsfShape, DataError> {
         )
     })?;
 
-    let mut points = Vec::with_capacity(count);
+    // The count is the file's word: reserve no more than a real file needs (a count of 10^19
+    // once overflowed the capacity, a panic found by tests/fuzz.rs).
+    let mut points = Vec::with_capacity(count.min(4 * IMM_POINTS));
     let mut last_line = count_line;
     for _ in 0..count {
         let (line, text) = lines.next().ok_or_else(|| DataError::Malformed {
@@ -330,6 +332,14 @@ mod tests {
     fn out_of_range_coordinate_is_rejected() {
         let (line, _) = error_line("1\n0 4 412.0 0.2 0 0 1\n");
         assert_eq!(line, 2);
+    }
+
+    #[test]
+    fn huge_point_count_is_an_error_not_a_capacity_overflow() {
+        for count in ["18446744073709551615", "1000000000000"] {
+            let err = parse_asf(&format!("{count}\n"), Path::new("x.asf")).unwrap_err();
+            assert!(err.to_string().contains("x.asf"), "{err}");
+        }
     }
 
     #[test]
