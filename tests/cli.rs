@@ -839,35 +839,25 @@ fn resume_refuses_flags_that_contradict_the_stored_recipe() {
     let config = TrainConfig::best(Task::Nose);
     facemark::run::write_json(&run.config(), &config).unwrap();
     let run_str = dir.path().to_str().unwrap();
-    let out = facemark(
-        Path::new("no-data-needed"),
-        &[
+    let resume_with_epochs = |epochs: &str| {
+        let args = [
             "train",
             "nose",
             "--resume",
             run_str,
             "--epochs",
-            "3",
+            epochs,
             "--print-config",
-        ],
-    );
+        ];
+        facemark(Path::new("no-data-needed"), &args)
+    };
+    let out = resume_with_epochs("3");
     assert!(
         !out.status.success() && stderr(&out).contains("epochs = 3 (stored: 150)"),
         "{}",
         stderr(&out)
     );
-    let same = facemark(
-        Path::new("no-data-needed"),
-        &[
-            "train",
-            "nose",
-            "--resume",
-            run_str,
-            "--epochs",
-            "150",
-            "--print-config",
-        ],
-    );
+    let same = resume_with_epochs("150");
     assert!(same.status.success(), "{}", stderr(&same));
 }
 

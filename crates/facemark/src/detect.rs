@@ -180,12 +180,7 @@ mod tests {
     use super::*;
 
     fn b(left: f32, top: f32, width: f32, height: f32) -> FaceBox {
-        FaceBox {
-            left,
-            top,
-            width,
-            height,
-        }
+        FaceBox::new(left, top, width, height)
     }
 
     #[test]

@@ -378,12 +378,7 @@ mod tests {
     }
 
     fn bbox(left: f32, top: f32, width: f32, height: f32) -> FaceBox {
-        FaceBox {
-            left,
-            top,
-            width,
-            height,
-        }
+        FaceBox::new(left, top, width, height)
     }
 
     #[test]

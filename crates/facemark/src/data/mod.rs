@@ -70,6 +70,15 @@ impl std::fmt::Display for BoxText {
 }
 
 impl FaceBox {
+    pub const fn new(left: f32, top: f32, width: f32, height: f32) -> Self {
+        Self {
+            left,
+            top,
+            width,
+            height,
+        }
+    }
+
     /// Checks the box alone: finite numbers and a positive width and height. What an image size
     /// cannot be checked against (a label file that does not state it) still gets this.
     pub fn validate_shape(&self) -> Result<(), FaceBoxError> {
@@ -216,12 +225,7 @@ mod tests {
     use super::*;
 
     fn bbox(left: f32, top: f32, width: f32, height: f32) -> FaceBox {
-        FaceBox {
-            left,
-            top,
-            width,
-            height,
-        }
+        FaceBox::new(left, top, width, height)
     }
 
     #[test]
