@@ -245,13 +245,13 @@ pub fn latency(
             times.push(started.elapsed().as_secs_f64() * 1e3);
         }
     }
-    times.sort_by(f64::total_cmp);
+    let ms_per_face = crate::study::median(&mut times);
     Ok(LatencyResult {
         bench: "latency",
         model: config.name.clone(),
         backend: crate::backend::name(),
         faces: times.len(),
-        ms_per_face: times[times.len() / 2],
+        ms_per_face,
         p90_ms: times[times.len() * 9 / 10],
         mirror_average: predictor.model.contract.mirror_average,
     })

@@ -17,6 +17,7 @@ use crate::crop::{BoxJitter, CropConfig, CropTransform, crop_face};
 use crate::data::imm;
 use crate::data::{
     AnnotatedFace, DataError, Example, FaceBox, LabeledImage, Point, PointSource, load_gray,
+    tight_box,
 };
 use crate::scheme::LandmarkScheme;
 
@@ -128,33 +129,9 @@ impl FaceSample {
     /// The diagonal of the face box (of the true points' tight box for whole photos): the
     /// normaliser of schemes that name none.
     pub fn box_diagonal(&self) -> f32 {
-        let b = self.bbox.unwrap_or_else(|| tight_box(&self.truth));
-        b.width.hypot(b.height)
-    }
-}
-
-/// The smallest box holding `points`.
-pub fn tight_box(points: &[Point]) -> FaceBox {
-    let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
-    for p in points {
-        x0 = x0.min(p[0]);
-        y0 = y0.min(p[1]);
-        x1 = x1.max(p[0]);
-        y1 = y1.max(p[1]);
-    }
-    if points.is_empty() {
-        return FaceBox {
-            left: 0.0,
-            top: 0.0,
-            width: 0.0,
-            height: 0.0,
-        };
-    }
-    FaceBox {
-        left: x0,
-        top: y0,
-        width: (x1 - x0).max(0.0),
-        height: (y1 - y0).max(0.0),
+        self.bbox
+            .or_else(|| tight_box(&self.truth))
+            .map_or(0.0, |b| b.width.hypot(b.height))
     }
 }
 

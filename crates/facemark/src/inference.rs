@@ -11,8 +11,7 @@ use serde::Serialize;
 use crate::crop::crop_face;
 use crate::data::images::load_photo;
 use crate::data::images::scale_points;
-use crate::data::{AnnotatedFace, DataError, Example, FaceBox, LabeledImage, Point};
-use crate::dataset::tight_box;
+use crate::data::{AnnotatedFace, DataError, Example, FaceBox, LabeledImage, Point, tight_box};
 use crate::detect::{Detection, DetectorConfig, FaceDetector};
 use crate::run::{LoadedModel, RunError, load_trained};
 
@@ -192,7 +191,11 @@ impl FacePipeline {
         }
         let mut predictions = self.landmarker.predict_gray(gray, boxes, source);
         for _ in 0..self.refine {
-            let tight: Vec<FaceBox> = predictions.iter().map(|p| tight_box(&p.points)).collect();
+            let tight: Vec<FaceBox> = predictions
+                .iter()
+                .zip(boxes)
+                .map(|(p, given)| tight_box(&p.points).unwrap_or(*given))
+                .collect();
             predictions = self.landmarker.predict_gray(gray, &tight, source);
         }
         predictions
@@ -212,13 +215,8 @@ pub fn to_labeled_images(predictions: &[Prediction]) -> Vec<LabeledImage> {
     for p in predictions {
         let face = AnnotatedFace {
             bbox: p.bbox.map_or_else(
-                || tight_box(&p.points),
-                |[left, top, width, height]| FaceBox {
-                    left,
-                    top,
-                    width,
-                    height,
-                },
+                || tight_box(&p.points).unwrap_or(FaceBox::new(0.0, 0.0, 0.0, 0.0)),
+                |[left, top, width, height]| FaceBox::new(left, top, width, height),
             ),
             points: p.points.clone(),
             source: crate::data::PointSource::Labels,
@@ -255,20 +253,18 @@ pub fn competition_csv(predictions: &[Prediction]) -> String {
 /// Writes a copy of the photo with every face's box and points drawn on it: markers and lines
 /// sized to each face (not to the photo), the scheme's contours joined as dlib's viewer draws them.
 pub fn draw_overlay(
-    photo: &Path,
+    photo: &image::DynamicImage,
     faces: &[Prediction],
     contours: &[Vec<usize>],
     out: &Path,
 ) -> Result<(), DataError> {
-    let mut rgb = load_photo(photo)?.into_rgb8();
+    let mut rgb = photo.to_rgb8();
     for face in faces {
         let size = face
             .bbox
             .map(|b| b[2].max(b[3]))
-            .unwrap_or_else(|| {
-                let b = tight_box(&face.points);
-                b.width.max(b.height)
-            })
+            .or_else(|| tight_box(&face.points).map(|b| b.width.max(b.height)))
+            .unwrap_or(1.0)
             .max(1.0);
         let thickness = (size / 120.0).round().max(1.0) as i32;
         if let Some([left, top, width, height]) = face.bbox {
@@ -369,13 +365,14 @@ pub fn predict_jobs(
     let mut failures = Vec::new();
     let contours = pipeline.landmarker.model.contract.scheme.contours.clone();
     for (path, boxes) in jobs {
-        let gray = match load_photo(path) {
-            Ok(photo) => photo.into_luma8(),
+        let photo = match load_photo(path) {
+            Ok(photo) => photo,
             Err(e) => {
                 failures.push(e);
                 continue;
             }
         };
+        let gray = photo.to_luma8();
         let found = if boxes.is_empty() && pipeline.landmarker.needs_face_box() {
             pipeline.run(&gray, path)
         } else {
@@ -391,7 +388,7 @@ pub fn predict_jobs(
             .to_string_lossy()
             .into_owned();
         if let Some(dir) = &outputs.draw {
-            draw_overlay(path, &found, &contours, &dir.join(format!("{name}.png")))?;
+            draw_overlay(&photo, &found, &contours, &dir.join(format!("{name}.png")))?;
         }
         if let Some(dir) = &outputs.pts {
             for (i, p) in found.iter().enumerate() {
@@ -435,13 +432,14 @@ pub fn detect_photos(
 ) -> Result<(Vec<PhotoFaces>, Vec<DataError>), DataError> {
     let (mut found, mut failures) = (Vec::new(), Vec::new());
     for path in photos {
-        let gray = match load_photo(path) {
-            Ok(photo) => photo.into_luma8(),
+        let photo = match load_photo(path) {
+            Ok(photo) => photo,
             Err(e) => {
                 failures.push(e);
                 continue;
             }
         };
+        let gray = photo.to_luma8();
         let started = std::time::Instant::now();
         let faces = detector.detect(&gray);
         let detection_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -458,7 +456,12 @@ pub fn detect_photos(
             .collect();
         if let Some(dir) = &outputs.draw {
             let name = path.file_stem().unwrap_or_default().to_string_lossy();
-            draw_overlay(path, &as_predictions, &[], &dir.join(format!("{name}.png")))?;
+            draw_overlay(
+                &photo,
+                &as_predictions,
+                &[],
+                &dir.join(format!("{name}.png")),
+            )?;
         }
         found.push(PhotoFaces {
             image: path.clone(),

@@ -89,6 +89,7 @@ pub fn evaluate(
         .mean_shape()
         .map(|mean| to_photo(&vec![mean; truth.len()]));
     let mean_shape_landmarks = baseline_px.as_deref().map(metrics);
+    let ground_truth = GroundTruth::of(&data.val);
     let summary = EvalSummary {
         task: name.into(),
         mse,
@@ -101,8 +102,8 @@ pub fn evaluate(
         per_point_px_error: errors.per_point_px.clone(),
         landmarks: (!truth.is_empty()).then(|| metrics(&predicted_px)),
         mean_shape_nme: mean_shape_landmarks.as_ref().map(|m| m.nme),
-        ground_truth: GroundTruth::of(&data.val).name().into(),
-        ground_truth_faces: Some(GroundTruth::of(&data.val)).filter(|g| g.name() == "mixed"),
+        ground_truth: ground_truth.name().into(),
+        ground_truth_faces: Some(ground_truth).filter(|g| g.name() == "mixed"),
     };
     Evaluation {
         summary,

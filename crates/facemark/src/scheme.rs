@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::ibug::{IBUG_MIRROR, IBUG_POINTS};
+use crate::data::ibug::{IBUG_MIRROR, IBUG_POINTS, LEFT_EYE, OUTER_EYE_CORNERS, RIGHT_EYE};
 use crate::data::imm::{IMM_MIRROR, IMM_POINTS};
 use crate::data::{Point, derive_mirror};
 
@@ -87,8 +87,8 @@ impl LandmarkScheme {
             points: IBUG_POINTS,
             mirror: Some(IBUG_MIRROR.to_vec()),
             normalisers: vec![
-                Normaliser::between("inter_ocular", [36], [45]),
-                Normaliser::between("inter_pupil", 36..42, 42..48),
+                Normaliser::between("inter_ocular", [OUTER_EYE_CORNERS.0], [OUTER_EYE_CORNERS.1]),
+                Normaliser::between("inter_pupil", RIGHT_EYE, LEFT_EYE),
             ],
             contours: vec![
                 (0..17).collect(),
@@ -211,6 +211,13 @@ mod tests {
         let s = LandmarkScheme::ibug68();
         assert_eq!(s.normalising_distance(&shape, 1.0), 50.0);
         assert_eq!(s.normaliser_name(), "inter_ocular");
+        for i in RIGHT_EYE {
+            shape[i] = [10.0, 10.0];
+        }
+        for i in LEFT_EYE {
+            shape[i] = [30.0, 10.0];
+        }
+        assert_eq!(s.normalisers[1].distance(&shape), Some(20.0));
     }
 
     #[test]

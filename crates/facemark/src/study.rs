@@ -273,7 +273,8 @@ pub fn detector_recall(
     })
 }
 
-fn median(values: &mut [f64]) -> f64 {
+/// The middle value (the upper one of an even count), sorting `values`; NaN for none.
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }

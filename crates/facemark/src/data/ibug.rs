@@ -1,8 +1,6 @@
 //! The iBUG 68-point markup used by 300-W: jaw 0-16, right brow 17-21, left brow 22-26, nose 27-35,
 //! right eye 36-41, left eye 42-47, mouth 48-67 (0-based; "right" is the subject's right).
 
-use super::Point;
-
 /// Number of landmarks in the iBUG markup.
 pub const IBUG_POINTS: usize = 68;
 /// Outer eye corners: the inter-ocular distance of the 300-W benchmark.
@@ -22,28 +20,6 @@ pub const IBUG_MIRROR: [usize; IBUG_POINTS] = [
     64, 63, 62, 61, 60, 67, 66, 65, // inner lip
 ];
 
-fn distance(a: Point, b: Point) -> f32 {
-    (a[0] - b[0]).hypot(a[1] - b[1])
-}
-
-fn mean(points: &[Point]) -> Point {
-    let n = points.len().max(1) as f32;
-    let (sx, sy) = points
-        .iter()
-        .fold((0.0, 0.0), |(x, y), p| (x + p[0], y + p[1]));
-    [sx / n, sy / n]
-}
-
-/// Distance between the outer eye corners of a 68-point shape.
-pub fn inter_ocular(points: &[Point]) -> f32 {
-    distance(points[OUTER_EYE_CORNERS.0], points[OUTER_EYE_CORNERS.1])
-}
-
-/// Distance between the eye centres (mean of each eye's six points) of a 68-point shape.
-pub fn inter_pupil(points: &[Point]) -> f32 {
-    distance(mean(&points[RIGHT_EYE]), mean(&points[LEFT_EYE]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,20 +33,5 @@ mod tests {
         assert_eq!(IBUG_MIRROR[39], 42);
         assert_eq!(IBUG_MIRROR[30], 30, "nose tip stays");
         assert_eq!(IBUG_MIRROR[8], 8, "chin stays");
-    }
-
-    #[test]
-    fn normalising_distances() {
-        let mut shape = vec![[0.0f32; 2]; IBUG_POINTS];
-        shape[36] = [10.0, 20.0];
-        shape[45] = [40.0, 60.0];
-        assert_eq!(inter_ocular(&shape), 50.0);
-        for i in RIGHT_EYE {
-            shape[i] = [10.0, 10.0];
-        }
-        for i in LEFT_EYE {
-            shape[i] = [30.0, 10.0];
-        }
-        assert_eq!(inter_pupil(&shape), 20.0);
     }
 }

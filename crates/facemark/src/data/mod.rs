@@ -194,6 +194,24 @@ pub enum DataError {
     MissingDataSet(String),
 }
 
+/// The smallest box holding all points; `None` for no points.
+pub fn tight_box(points: &[Point]) -> Option<FaceBox> {
+    let (first, rest) = points.split_first()?;
+    let (mut lo, mut hi) = (*first, *first);
+    for p in rest {
+        for axis in 0..2 {
+            lo[axis] = lo[axis].min(p[axis]);
+            hi[axis] = hi[axis].max(p[axis]);
+        }
+    }
+    Some(FaceBox {
+        left: lo[0],
+        top: lo[1],
+        width: hi[0] - lo[0],
+        height: hi[1] - lo[1],
+    })
+}
+
 /// Each point's left/right partner, derived from a mean shape: mirrored about its own vertical
 /// midline, each point's partner is the nearest point. `None` unless that pairing is a consistent
 /// involution (partner of partner is self), which is how dlib-style markups without a stated

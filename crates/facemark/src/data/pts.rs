@@ -18,7 +18,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{AnnotatedFace, DataError, FaceBox, LabeledImage, Point, PointSource};
+use super::{AnnotatedFace, DataError, LabeledImage, Point, PointSource, tight_box};
 
 /// Offset from iBUG's 1-based coordinates to the library's: `ours = pts + PTS_TO_OURS`.
 const PTS_TO_OURS: f32 = -0.5;
@@ -245,24 +245,6 @@ pub fn prefer_pts_points(images: &mut [LabeledImage]) {
     }
 }
 
-/// The smallest box holding all points; `None` for no points.
-fn tight_box(points: &[Point]) -> Option<FaceBox> {
-    let (first, rest) = points.split_first()?;
-    let (mut lo, mut hi) = (*first, *first);
-    for p in rest {
-        for axis in 0..2 {
-            lo[axis] = lo[axis].min(p[axis]);
-            hi[axis] = hi[axis].max(p[axis]);
-        }
-    }
-    Some(FaceBox {
-        left: lo[0],
-        top: lo[1],
-        width: hi[0] - lo[0],
-        height: hi[1] - lo[1],
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,15 +351,7 @@ mod tests {
         assert_eq!(images[1].size, None);
         let face = &images[1].faces[0];
         assert_eq!(face.points, vec![[1.5, 2.5], [5.5, 10.5], [3.5, 4.5]]);
-        assert_eq!(
-            face.bbox,
-            FaceBox {
-                left: 1.5,
-                top: 2.5,
-                width: 4.0,
-                height: 8.0
-            }
-        );
+        assert_eq!(face.bbox, crate::data::FaceBox::new(1.5, 2.5, 4.0, 8.0));
         assert!(load_pts_folder(&dir.path().join("missing")).is_err());
     }
 
