@@ -86,14 +86,14 @@ fn run(cli: Cli) -> Result<()> {
             detector,
             ..
         } => {
-            let mut detector = facemark::detect::FaceDetector::new(detector.config());
+            let detector = facemark::detect::FaceDetector::new(detector.config());
             let outputs = PredictOutputs {
                 draw,
                 pts: None,
                 xml,
             };
             let (found, failures) =
-                facemark::inference::detect_photos(&mut detector, &photos, &outputs)?;
+                facemark::inference::detect_photos(&detector, &photos, &outputs)?;
             println!("{}", serde_json::to_string_pretty(&found)?);
             report_failures(&failures, photos.len())
         }
@@ -125,7 +125,7 @@ fn run(cli: Cli) -> Result<()> {
             pipeline.refine = detector.refine;
             let outputs = PredictOutputs { draw, pts, xml };
             let (predictions, failures) =
-                facemark::inference::predict_jobs(&mut pipeline, &jobs, &outputs)?;
+                facemark::inference::predict_jobs(&pipeline, &jobs, &outputs)?;
             if csv {
                 print!("{}", facemark::inference::predictions_csv(&predictions));
             } else {

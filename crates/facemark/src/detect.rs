@@ -60,9 +60,11 @@ fn box_as_array<S: serde::Serializer>(b: &FaceBox, s: S) -> Result<S::Ok, S::Err
     [b.left, b.top, b.width, b.height].serialize(s)
 }
 
-/// The face detector (one per thread: the cascade keeps scratch state).
+/// The face detector. It holds the parsed model and builds the cascade (whose scratch state is
+/// not `Send`) for each photo, so one detector can be shared between threads.
+#[derive(Clone)]
 pub struct FaceDetector {
-    cascade: Box<dyn rustface::Detector>,
+    model: rustface::Model,
     config: DetectorConfig,
 }
 
@@ -71,12 +73,17 @@ impl FaceDetector {
         // The built-in model is known good: a failure here is a broken build, not user input.
         let model = rustface::read_model(SEETA_FRONTAL)
             .unwrap_or_else(|e| unreachable!("the built-in SeetaFace model reads: {e}"));
-        let mut cascade = rustface::create_detector_with_model(model);
+        Self { model, config }
+    }
+
+    fn cascade(&self) -> Box<dyn rustface::Detector> {
+        let config = &self.config;
+        let mut cascade = rustface::create_detector_with_model(self.model.clone());
         cascade.set_min_face_size(WINDOW);
         cascade.set_score_thresh(config.score_threshold.max(1e-6));
         cascade.set_pyramid_scale_factor(config.pyramid_scale.clamp(0.1, 0.99));
         cascade.set_slide_window_step(config.step.max(1), config.step.max(1));
-        Self { cascade, config }
+        cascade
     }
 
     pub fn config(&self) -> &DetectorConfig {
@@ -92,7 +99,7 @@ impl FaceDetector {
     }
 
     /// Every face in `gray`, surest first, in the photo's pixels.
-    pub fn detect(&mut self, gray: &GrayImage) -> Vec<Detection> {
+    pub fn detect(&self, gray: &GrayImage) -> Vec<Detection> {
         let (w, h) = gray.dimensions();
         let scale = self.scan_scale(w, h);
         let (sw, sh) = (
@@ -111,7 +118,7 @@ impl FaceDetector {
         let data = rustface::ImageData::new(scanned.as_raw(), sw, sh);
         let (fx, fy) = (w as f32 / sw as f32, h as f32 / sh as f32);
         let mut found: Vec<Detection> = self
-            .cascade
+            .cascade()
             .detect(&data)
             .into_iter()
             .map(|face| {
@@ -179,6 +186,12 @@ pub fn match_detections(
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_detector_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<FaceDetector>();
+    }
+
     fn b(left: f32, top: f32, width: f32, height: f32) -> FaceBox {
         FaceBox::new(left, top, width, height)
     }
@@ -216,7 +229,7 @@ mod tests {
 
     #[test]
     fn a_blank_or_tiny_image_has_no_faces() {
-        let mut detector = FaceDetector::new(DetectorConfig::default());
+        let detector = FaceDetector::new(DetectorConfig::default());
         assert!(detector.detect(&GrayImage::new(200, 150)).is_empty());
         assert!(detector.detect(&GrayImage::new(5, 5)).is_empty());
     }

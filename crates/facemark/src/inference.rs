@@ -165,7 +165,7 @@ impl FacePipeline {
     }
 
     /// Every face of a decoded photo with its points (one batched landmark pass per refinement).
-    pub fn run(&mut self, gray: &GrayImage, source: &Path) -> Vec<Prediction> {
+    pub fn run(&self, gray: &GrayImage, source: &Path) -> Vec<Prediction> {
         let detections = self.detector.detect(gray);
         let boxes: Vec<FaceBox> = detections.iter().map(|d| d.bbox).collect();
         self.landmarks_from(gray, &boxes, source)
@@ -357,7 +357,7 @@ pub struct PredictOutputs {
 /// face-box model given none, in every face the pipeline's detector finds. A photo that cannot be
 /// read is reported in the second list (with its error) and does not stop the others.
 pub fn predict_jobs(
-    pipeline: &mut FacePipeline,
+    pipeline: &FacePipeline,
     jobs: &[(PathBuf, Vec<FaceBox>)],
     outputs: &PredictOutputs,
 ) -> Result<(Vec<Prediction>, Vec<DataError>), DataError> {
@@ -426,7 +426,7 @@ pub struct PhotoFaces {
 /// Detects the faces of every photo and writes `outputs` (`pts` is not used: boxes have no
 /// points). Unreadable photos are reported in the second list.
 pub fn detect_photos(
-    detector: &mut FaceDetector,
+    detector: &FaceDetector,
     photos: &[PathBuf],
     outputs: &PredictOutputs,
 ) -> Result<(Vec<PhotoFaces>, Vec<DataError>), DataError> {

@@ -241,7 +241,7 @@ pub fn detector_recall(
 ) -> Result<DetectorRecall, StudyError> {
     const MATCH_IOU: f32 = 0.3;
     let images = read_labels(labels)?;
-    let mut detector = crate::detect::FaceDetector::new(config);
+    let detector = crate::detect::FaceDetector::new(config);
     let (mut count, mut detected, mut unmatched) = (0, 0, 0);
     let (mut times, mut ious) = (Vec::new(), Vec::new());
     for image in &images {
