@@ -162,6 +162,9 @@ pub enum Command {
         /// Single faces timed for the latency figure (`"bench": "latency"`, `ms_per_face`).
         #[arg(long, default_value_t = 100)]
         faces: usize,
+        /// Run only these benchmarks (comma-separated; default all).
+        #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(facemark::bench::BENCHMARKS))]
+        only: Vec<String>,
     },
 }
 

@@ -1,6 +1,7 @@
 //! The `facemark` command: parses flags, makes one library call per command, prints the result
 //! and maps errors to an exit code.
 
+mod alloc;
 mod args;
 mod output;
 
@@ -18,13 +19,10 @@ use facemark::study::{self, Existing};
 
 use args::{Cli, Command, TrainArgs};
 
-// Tensor buffers are allocated and freed every step; mimalloc keeps the pages (+7 % U-Net training
-// in ../shared/MEASUREMENTS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use output::{in_flag_terms, report_failures};
 
 fn main() -> ExitCode {
+    alloc::keep_freed_pages();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -189,10 +187,12 @@ fn run(cli: Cli) -> Result<()> {
             augment,
             size,
             faces,
+            only,
         } => {
             let duration = Duration::from_secs_f64(seconds);
-            let config =
+            let mut config =
                 facemark::bench::BenchConfig::resolve(&model, augment, batch_size, size, duration)?;
+            config.only = only;
             let data = facemark::train::load_data(&config.train, &cli.data);
             if let Err(e) = &data {
                 eprintln!("real-data benchmarks skipped: {e}");
@@ -200,8 +200,10 @@ fn run(cli: Cli) -> Result<()> {
             facemark::bench::run(&config, data.as_ref().ok(), |r| {
                 println!("{}", serde_json::to_string(r).unwrap_or_default());
             })?;
-            let latency = facemark::bench::latency(&config, data.as_ref().ok(), faces)?;
-            println!("{}", serde_json::to_string(&latency)?);
+            if config.wants("latency") {
+                let latency = facemark::bench::latency(&config, data.as_ref().ok(), faces)?;
+                println!("{}", serde_json::to_string(&latency)?);
+            }
             if let Some(mib) = facemark::bench::peak_memory_mib() {
                 let line = serde_json::json!({"bench": "peak_memory", "model": model, "peak_rss_mib": mib});
                 println!("{line}");

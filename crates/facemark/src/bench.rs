@@ -41,6 +41,25 @@ pub struct BenchConfig {
     pub weights: Option<std::path::PathBuf>,
     /// How long each measurement runs (after one warm-up batch).
     pub duration: Duration,
+    /// The benchmarks to run by name (`train_synthetic`, `latency`, ...); empty runs them all.
+    pub only: Vec<String>,
+}
+
+/// Every benchmark's name, in the order they run.
+pub const BENCHMARKS: [&str; 6] = [
+    "train_synthetic",
+    "inference_synthetic",
+    "train_real_pipeline",
+    "augment",
+    "decode_preprocess",
+    "latency",
+];
+
+impl BenchConfig {
+    /// Whether the benchmark `name` is to run.
+    pub fn wants(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == name)
+    }
 }
 
 fn result(
@@ -107,17 +126,19 @@ pub fn run(
     let mut model = Some(initial);
     // The recipe's own optimiser, so the step measured is the step trained.
     let mut optim = tc.optimizer();
-    let (n, t) = measure(config.duration, b, |_| {
-        let m = model.take().expect("model present");
-        model = Some(train_step(
-            m,
-            &mut optim,
-            tc.learning_rate,
-            &synthetic,
-            &device,
-        ));
-    });
-    report(&result("train_synthetic", config, n, t));
+    if config.wants("train_synthetic") {
+        let (n, t) = measure(config.duration, b, |_| {
+            let m = model.take().expect("model present");
+            model = Some(train_step(
+                m,
+                &mut optim,
+                tc.learning_rate,
+                &synthetic,
+                &device,
+            ));
+        });
+        report(&result("train_synthetic", config, n, t));
+    }
 
     let inference_device = crate::backend::device();
     let net = model.as_ref().expect("model present").valid();
@@ -126,12 +147,14 @@ pub fn run(
         Distribution::Uniform(-0.5, 0.5),
         &inference_device,
     );
-    let (n, t) = measure(config.duration, b, |_| {
-        let _ = net
-            .forward(xi.clone())
-            .into_point_lists(tc.model.decoding());
-    });
-    report(&result("inference_synthetic", config, n, t));
+    if config.wants("inference_synthetic") {
+        let (n, t) = measure(config.duration, b, |_| {
+            let _ = net
+                .forward(xi.clone())
+                .into_point_lists(tc.model.decoding());
+        });
+        report(&result("inference_synthetic", config, n, t));
+    }
 
     let Some(data) = data else { return Ok(()) };
     let train = &data.train;
@@ -140,34 +163,41 @@ pub fn run(
     let batches: Vec<&[usize]> = order.chunks(b).filter(|c| c.len() == b).collect();
 
     // The training loop's own data path: decoded once, augmented (if configured) per batch.
-    let (n, t) = measure(config.duration, b, |i| {
-        let examples = data.training_batch(&sampling, batches[i % batches.len()], i);
-        let m = model.take().expect("model present");
-        model = Some(train_step(
-            m,
-            &mut optim,
-            tc.learning_rate,
-            &examples,
-            &device,
-        ));
-    });
-    report(&result("train_real_pipeline", config, n, t));
+    if config.wants("train_real_pipeline") {
+        let (n, t) = measure(config.duration, b, |i| {
+            let examples = data.training_batch(&sampling, batches[i % batches.len()], i);
+            let m = model.take().expect("model present");
+            model = Some(train_step(
+                m,
+                &mut optim,
+                tc.learning_rate,
+                &examples,
+                &device,
+            ));
+        });
+        report(&result("train_real_pipeline", config, n, t));
+    }
 
     // Augmentation alone (the study's affine ranges when the recipe has none).
     let aug = tc.augment.clone().unwrap_or_default();
-    let (n, t) = measure(config.duration, b, |i| {
-        let indices = batches[i % batches.len()];
-        let _: Vec<_> = indices
-            .par_iter()
-            .map(|&j| {
-                let mirror = sampling.mirror.as_deref();
-                aug.apply(&train[j].example, mirror, &mut sample_rng(tc.seed, i, j))
-            })
-            .collect();
-    });
-    report(&result("augment", config, n, t));
+    if config.wants("augment") {
+        let (n, t) = measure(config.duration, b, |i| {
+            let indices = batches[i % batches.len()];
+            let _: Vec<_> = indices
+                .par_iter()
+                .map(|&j| {
+                    let mirror = sampling.mirror.as_deref();
+                    aug.apply(&train[j].example, mirror, &mut sample_rng(tc.seed, i, j))
+                })
+                .collect();
+        });
+        report(&result("augment", config, n, t));
+    }
 
     // Decoding the photos and preprocessing them to the model's input, with no cache.
+    if !config.wants("decode_preprocess") {
+        return Ok(());
+    }
     let photos: Vec<&std::path::Path> = train.iter().map(|s| s.photo.as_path()).collect();
     let (n, t) = measure(config.duration, b, |i| {
         let start = (i * b) % photos.len().max(1);
@@ -302,6 +332,7 @@ impl BenchConfig {
             train,
             weights,
             duration,
+            only: Vec::new(),
         })
     }
 }
