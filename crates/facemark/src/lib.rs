@@ -31,6 +31,7 @@ pub mod eval;
 pub mod figures;
 pub mod heatmap;
 pub mod inference;
+pub mod kernels;
 pub mod model;
 pub mod recipe;
 pub mod report;

@@ -10,6 +10,8 @@ use burn::nn::{
     BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d, Relu,
 };
 use burn::prelude::*;
+
+use crate::kernels::forward_conv;
 use serde::{Deserialize, Serialize};
 
 /// Pooling between convolution stages.
@@ -166,7 +168,7 @@ impl ImmNet {
             images
         };
         for (i, conv) in self.convs.iter().enumerate() {
-            x = conv.forward(x);
+            x = forward_conv(conv, x);
             if let Some(norm) = self.norms.get(i) {
                 x = norm.forward(x);
             }

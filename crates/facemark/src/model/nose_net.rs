@@ -9,6 +9,8 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
+
+use crate::kernels::forward_conv;
 use serde::{Deserialize, Serialize};
 
 use super::conv_out;
@@ -101,10 +103,10 @@ impl NoseNet {
         } else {
             images
         };
-        let x = act.forward(self.conv1.forward(images));
-        let x = self.pool.forward(act.forward(self.conv2.forward(x)));
-        let x = act.forward(self.conv3.forward(x));
-        let x = self.pool.forward(act.forward(self.conv4.forward(x)));
+        let x = act.forward(forward_conv(&self.conv1, images));
+        let x = self.pool.forward(act.forward(forward_conv(&self.conv2, x)));
+        let x = act.forward(forward_conv(&self.conv3, x));
+        let x = self.pool.forward(act.forward(forward_conv(&self.conv4, x)));
         let x = x.flatten::<2>(1, 3);
         let x = self.dropout.forward(act.forward(self.hidden.forward(x)));
         self.output.forward(x)

@@ -16,6 +16,8 @@ use burn::nn::{
     BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d, Relu,
 };
 use burn::prelude::*;
+
+use crate::kernels::forward_conv;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,7 +55,7 @@ pub struct Downsample {
 
 impl Downsample {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.norm.forward(self.conv.forward(x))
+        self.norm.forward(forward_conv(&self.conv, x))
     }
 }
 
@@ -93,8 +95,8 @@ impl BasicBlock {
         };
         let out = self
             .activation
-            .forward(self.bn1.forward(self.conv1.forward(x)));
-        let out = self.bn2.forward(self.conv2.forward(out));
+            .forward(self.bn1.forward(forward_conv(&self.conv1, x)));
+        let out = self.bn2.forward(forward_conv(&self.conv2, out));
         self.activation.forward(out + identity)
     }
 }
@@ -163,9 +165,10 @@ impl ResNet {
         } else {
             images
         };
-        let x = self
-            .activation
-            .forward(self.stem_norm.forward(self.stem_conv.forward(images)));
+        let x = self.activation.forward(
+            self.stem_norm
+                .forward(forward_conv(&self.stem_conv, images)),
+        );
         let mut x = self.stem_pool.forward(x);
         for block in &self.blocks {
             x = block.forward(x);

@@ -9,6 +9,8 @@ use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfi
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
+
+use crate::kernels::forward_conv;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,9 +67,9 @@ impl DoubleConv {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = self
             .activation
-            .forward(self.norm1.forward(self.conv1.forward(x)));
+            .forward(self.norm1.forward(forward_conv(&self.conv1, x)));
         self.activation
-            .forward(self.norm2.forward(self.conv2.forward(x)))
+            .forward(self.norm2.forward(forward_conv(&self.conv2, x)))
     }
 }
 
@@ -136,7 +138,7 @@ impl UNet {
             let skip = skips.pop().expect("one skip per decoder level");
             x = decoder.forward(Tensor::cat(vec![up.forward(x), skip], 1));
         }
-        self.head.forward(x)
+        forward_conv(&self.head, x)
     }
 }
 

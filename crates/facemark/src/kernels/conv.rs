@@ -1,0 +1,522 @@
+//! 2-D convolution of f32 NCHW buffers as im2col + one matrix product per image: the forward
+//! pass and both backward passes (input and weight gradients), each image's matrix products
+//! handed to `gemm` (AVX-512 kernels where the CPU has them).
+//!
+//! Per image, with `K = C_in * k_h * k_w` and `N = H_out * W_out`:
+//! - forward: `y[C_out, N] = W[C_out, K] · col(x)[K, N]` (+ bias);
+//! - input gradient: `dcol[K, N] = Wᵀ · dy`, scattered back onto the image (col2im);
+//! - weight gradient: `dW[C_out, K] += dy · col(x)ᵀ`, summed over the batch.
+//!
+//! Images run in parallel (rayon) when the batch can keep every thread busy; otherwise the
+//! matrix products themselves are parallel, as single-face inference needs.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Shapes of one convolution (groups 1, dilation 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub batch: usize,
+    pub channels_in: usize,
+    pub channels_out: usize,
+    /// Input height and width.
+    pub height: usize,
+    pub width: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+}
+
+impl ConvGeometry {
+    pub fn out_height(&self) -> usize {
+        (self.height + 2 * self.padding[0] - self.kernel[0]) / self.stride[0] + 1
+    }
+
+    pub fn out_width(&self) -> usize {
+        (self.width + 2 * self.padding[1] - self.kernel[1]) / self.stride[1] + 1
+    }
+
+    /// Whether the geometry describes a convolution (non-empty, kernel within the padded input).
+    pub fn is_valid(&self) -> bool {
+        let [kh, kw] = self.kernel;
+        let [sh, sw] = self.stride;
+        [self.channels_in, self.channels_out, kh, kw, sh, sw]
+            .iter()
+            .all(|&v| v > 0)
+            && self.height + 2 * self.padding[0] >= kh
+            && self.width + 2 * self.padding[1] >= kw
+    }
+
+    /// Rows of an image's column matrix (`K`).
+    fn patch(&self) -> usize {
+        self.channels_in * self.kernel[0] * self.kernel[1]
+    }
+
+    /// Columns of an image's column matrix: output pixels (`N`).
+    fn out_plane(&self) -> usize {
+        self.out_height() * self.out_width()
+    }
+
+    fn in_image(&self) -> usize {
+        self.channels_in * self.height * self.width
+    }
+
+    fn out_image(&self) -> usize {
+        self.channels_out * self.out_plane()
+    }
+
+    /// A 1x1 convolution with stride 1 and no padding reads the image itself as its column matrix.
+    fn is_pointwise(&self) -> bool {
+        self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
+    }
+
+    /// Images in parallel when there are enough of them; else parallel matrix products.
+    fn parallel_images(&self) -> bool {
+        self.batch >= rayon::current_num_threads()
+    }
+
+    fn inner_parallelism(&self) -> Parallelism {
+        if self.parallel_images() {
+            Parallelism::None
+        } else {
+            Parallelism::Rayon(0)
+        }
+    }
+}
+
+/// The output columns `ox` whose input column `ox * stride + k - pad` lies inside `0..size`.
+fn valid_columns(out: usize, stride: usize, k: usize, pad: usize, size: usize) -> (usize, usize) {
+    let offset = k as isize - pad as isize;
+    // ox * stride + offset >= 0  <=>  ox >= ceil(-offset / stride)
+    let lo = if offset >= 0 {
+        0
+    } else {
+        ((-offset) as usize).div_ceil(stride)
+    };
+    // ox * stride + offset <= size - 1
+    let last = size as isize - 1 - offset;
+    let hi = if last < 0 {
+        0
+    } else {
+        (last as usize / stride + 1).min(out)
+    };
+    (lo.min(hi), hi)
+}
+
+/// Visits every (row of the column matrix, output row) pair with the input row it reads (or
+/// `None` in the padding) and the output columns that fall inside the image.
+fn for_each_patch_row(
+    g: &ConvGeometry,
+    mut visit: impl FnMut(usize, usize, Option<usize>, (usize, usize), usize),
+) {
+    let (oh, ow) = (g.out_height(), g.out_width());
+    let [kh, kw] = g.kernel;
+    let [sh, sw] = g.stride;
+    let [ph, pw] = g.padding;
+    for ci in 0..g.channels_in {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let row = (ci * kh + ky) * kw + kx;
+                let cols = valid_columns(ow, sw, kx, pw, g.width);
+                for oy in 0..oh {
+                    let iy = (oy * sh + ky) as isize - ph as isize;
+                    let input_row = (iy >= 0 && (iy as usize) < g.height)
+                        .then(|| ci * g.height * g.width + iy as usize * g.width);
+                    visit(row, oy, input_row, cols, kx);
+                }
+            }
+        }
+    }
+}
+
+/// Unfolds one image `[C_in, H, W]` into its column matrix `[K, N]`.
+fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32]) {
+    let (n, ow) = (g.out_plane(), g.out_width());
+    let [sw, pw] = [g.stride[1], g.padding[1]];
+    for_each_patch_row(g, |row, oy, input_row, (lo, hi), kx| {
+        let out = &mut col[row * n + oy * ow..][..ow];
+        let Some(start) = input_row else {
+            out.fill(0.0);
+            return;
+        };
+        out[..lo].fill(0.0);
+        out[hi..].fill(0.0);
+        let src = &image[start..start + g.width];
+        if sw == 1 {
+            let first = lo + kx - pw;
+            out[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+        } else {
+            for (ox, v) in out.iter_mut().enumerate().take(hi).skip(lo) {
+                *v = src[ox * sw + kx - pw];
+            }
+        }
+    });
+}
+
+/// Folds a column matrix `[K, N]` back onto a zeroed image `[C_in, H, W]`, adding overlaps.
+fn col2im(g: &ConvGeometry, col: &[f32], image: &mut [f32]) {
+    let (n, ow) = (g.out_plane(), g.out_width());
+    let [sw, pw] = [g.stride[1], g.padding[1]];
+    for_each_patch_row(g, |row, oy, input_row, (lo, hi), kx| {
+        let Some(start) = input_row else { return };
+        let src = &col[row * n + oy * ow..][..ow];
+        let dst = &mut image[start..start + g.width];
+        if sw == 1 {
+            let first = lo + kx - pw;
+            for (d, s) in dst[first..first + (hi - lo)].iter_mut().zip(&src[lo..hi]) {
+                *d += s;
+            }
+        } else {
+            for (ox, s) in src.iter().enumerate().take(hi).skip(lo) {
+                dst[ox * sw + kx - pw] += s;
+            }
+        }
+    });
+}
+
+/// A row-major matrix view for `gemm`: `rows x cols` with the given strides (in elements).
+#[derive(Clone, Copy)]
+struct Mat {
+    rows: usize,
+    cols: usize,
+    row_stride: isize,
+    col_stride: isize,
+}
+
+impl Mat {
+    fn row_major(rows: usize, cols: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            row_stride: cols as isize,
+            col_stride: 1,
+        }
+    }
+
+    fn transposed(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+}
+
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` with `accumulate`.
+fn matmul(
+    dst: &mut [f32],
+    lhs: &[f32],
+    lhs_shape: Mat,
+    rhs: &[f32],
+    rhs_shape: Mat,
+    accumulate: bool,
+    parallelism: Parallelism,
+) {
+    let (m, k, n) = (lhs_shape.rows, lhs_shape.cols, rhs_shape.cols);
+    assert_eq!(rhs_shape.rows, k, "inner dimensions agree");
+    assert!(dst.len() >= m * n, "destination holds the product");
+    let extent =
+        |s: Mat| (s.rows - 1) as isize * s.row_stride + (s.cols - 1) as isize * s.col_stride;
+    assert!(extent(lhs_shape) < lhs.len() as isize && extent(rhs_shape) < rhs.len() as isize);
+    // SAFETY: the asserts above keep every index gemm touches inside the three slices, and `dst`
+    // does not alias the inputs (it is borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_shape.col_stride,
+            lhs_shape.row_stride,
+            rhs.as_ptr(),
+            rhs_shape.col_stride,
+            rhs_shape.row_stride,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// The convolution of `x` `[B, C_in, H, W]` with `weight` `[C_out, C_in, k_h, k_w]`, plus `bias`
+/// `[C_out]`: `[B, C_out, H_out, W_out]`.
+pub fn forward(g: &ConvGeometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let (k, n) = (g.patch(), g.out_plane());
+    let w = Mat::row_major(g.channels_out, k);
+    let cols = Mat::row_major(k, n);
+    let parallelism = g.inner_parallelism();
+    let mut y = vec![0.0f32; g.batch * g.out_image()];
+    let one_image = |col: &mut Vec<f32>, (b, out): (usize, &mut [f32])| {
+        let image = &x[b * g.in_image()..][..g.in_image()];
+        if let Some(bias) = bias {
+            for (plane, &v) in out.chunks_mut(n).zip(bias) {
+                plane.fill(v);
+            }
+        }
+        let cols_of_image: &[f32] = if g.is_pointwise() {
+            image
+        } else {
+            im2col(g, image, col);
+            col
+        };
+        matmul(
+            out,
+            weight,
+            w,
+            cols_of_image,
+            cols,
+            bias.is_some(),
+            parallelism,
+        );
+    };
+    let scratch = || vec![0.0f32; if g.is_pointwise() { 0 } else { k * n }];
+    if g.parallel_images() {
+        y.par_chunks_mut(g.out_image())
+            .enumerate()
+            .for_each_init(scratch, one_image);
+    } else {
+        let mut col = scratch();
+        y.chunks_mut(g.out_image())
+            .enumerate()
+            .for_each(|item| one_image(&mut col, item));
+    }
+    y
+}
+
+/// Gradients of [`forward`] from the output gradient `dy`: the input's (when `want_input`), the
+/// weight's and the bias's (when `want_bias`).
+pub struct Gradients {
+    pub input: Option<Vec<f32>>,
+    pub weight: Vec<f32>,
+    pub bias: Option<Vec<f32>>,
+}
+
+/// The backward pass of [`forward`].
+pub fn backward(
+    g: &ConvGeometry,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    want_input: bool,
+    want_bias: bool,
+) -> Gradients {
+    let (k, n) = (g.patch(), g.out_plane());
+    let w = Mat::row_major(g.channels_out, k);
+    let dy_image = Mat::row_major(g.channels_out, n);
+    let cols = Mat::row_major(k, n);
+    let parallelism = g.inner_parallelism();
+
+    let mut dx = want_input.then(|| vec![0.0f32; g.batch * g.in_image()]);
+    // Per-thread sums of the weight and bias gradients, added at the end.
+    let partial = |b_range: std::ops::Range<usize>, dx: Option<&mut [f32]>| {
+        let mut dw = vec![0.0f32; g.channels_out * k];
+        let mut db = vec![0.0f32; if want_bias { g.channels_out } else { 0 }];
+        let mut col = vec![0.0f32; if g.is_pointwise() { 0 } else { k * n }];
+        let mut dcol = vec![
+            0.0f32;
+            if g.is_pointwise() || !want_input {
+                0
+            } else {
+                k * n
+            }
+        ];
+        let mut dx = dx;
+        for (i, b) in b_range.enumerate() {
+            let image = &x[b * g.in_image()..][..g.in_image()];
+            let grad = &dy[b * g.out_image()..][..g.out_image()];
+            let cols_of_image: &[f32] = if g.is_pointwise() {
+                image
+            } else {
+                im2col(g, image, &mut col);
+                &col
+            };
+            matmul(
+                &mut dw,
+                grad,
+                dy_image,
+                cols_of_image,
+                cols.transposed(),
+                true,
+                parallelism,
+            );
+            for (sum, plane) in db.iter_mut().zip(grad.chunks(n)) {
+                *sum += plane.iter().sum::<f32>();
+            }
+            if let Some(dx) = dx.as_deref_mut() {
+                let dx_image = &mut dx[i * g.in_image()..][..g.in_image()];
+                if g.is_pointwise() {
+                    matmul(
+                        dx_image,
+                        weight,
+                        w.transposed(),
+                        grad,
+                        dy_image,
+                        false,
+                        parallelism,
+                    );
+                } else {
+                    matmul(
+                        &mut dcol,
+                        weight,
+                        w.transposed(),
+                        grad,
+                        dy_image,
+                        false,
+                        parallelism,
+                    );
+                    col2im(g, &dcol, dx_image);
+                }
+            }
+        }
+        (dw, db)
+    };
+
+    let (dw, db) = if g.parallel_images() {
+        let threads = rayon::current_num_threads().min(g.batch);
+        let per_thread = g.batch.div_ceil(threads);
+        let ranges: Vec<_> = (0..g.batch)
+            .step_by(per_thread)
+            .map(|start| start..(start + per_thread).min(g.batch))
+            .collect();
+        let dx_chunks: Vec<Option<&mut [f32]>> = match dx.as_deref_mut() {
+            Some(dx) => dx.chunks_mut(per_thread * g.in_image()).map(Some).collect(),
+            None => ranges.iter().map(|_| None).collect(),
+        };
+        ranges
+            .into_par_iter()
+            .zip(dx_chunks)
+            .map(|(range, dx)| partial(range, dx))
+            .reduce_with(|(mut dw, mut db), (dw2, db2)| {
+                dw.iter_mut().zip(&dw2).for_each(|(a, b)| *a += b);
+                db.iter_mut().zip(&db2).for_each(|(a, b)| *a += b);
+                (dw, db)
+            })
+            .unwrap_or_default()
+    } else {
+        partial(0..g.batch, dx.as_deref_mut())
+    };
+    Gradients {
+        input: dx,
+        weight: dw,
+        bias: want_bias.then_some(db),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The convolution by its definition, for checking.
+    fn naive(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+        let (oh, ow) = (g.out_height(), g.out_width());
+        let [kh, kw] = g.kernel;
+        let mut y = vec![0.0; g.batch * g.channels_out * oh * ow];
+        for b in 0..g.batch {
+            for co in 0..g.channels_out {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut s = 0.0;
+                        for ci in 0..g.channels_in {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy =
+                                        (oy * g.stride[0] + ky) as isize - g.padding[0] as isize;
+                                    let ix =
+                                        (ox * g.stride[1] + kx) as isize - g.padding[1] as isize;
+                                    if iy < 0
+                                        || ix < 0
+                                        || iy as usize >= g.height
+                                        || ix as usize >= g.width
+                                    {
+                                        continue;
+                                    }
+                                    s += x[((b * g.channels_in + ci) * g.height + iy as usize)
+                                        * g.width
+                                        + ix as usize]
+                                        * w[((co * g.channels_in + ci) * kh + ky) * kw + kx];
+                                }
+                            }
+                        }
+                        y[((b * g.channels_out + co) * oh + oy) * ow + ox] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn values(count: usize, seed: u32) -> Vec<f32> {
+        (0..count)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32
+                    / 500.0
+                    - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn valid_columns_cover_exactly_the_inside() {
+        for (out, stride, k, pad, size) in [
+            (5, 1, 0, 1, 5),
+            (5, 1, 2, 1, 5),
+            (3, 2, 0, 1, 5),
+            (3, 2, 2, 1, 6),
+            (4, 3, 6, 3, 10),
+        ] {
+            let (lo, hi) = valid_columns(out, stride, k, pad, size);
+            for ox in 0..out {
+                let ix = (ox * stride + k) as isize - pad as isize;
+                let inside = ix >= 0 && (ix as usize) < size;
+                assert_eq!(
+                    inside,
+                    (lo..hi).contains(&ox),
+                    "{out} {stride} {k} {pad} {size}: {ox}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn forward_equals_the_definition() {
+        for (kernel, stride, padding) in [
+            ([3, 3], [1, 1], [1, 1]),
+            ([3, 3], [2, 2], [1, 1]),
+            ([1, 1], [1, 1], [0, 0]),
+            ([7, 7], [2, 2], [3, 3]),
+            ([1, 1], [2, 2], [0, 0]),
+            ([2, 3], [1, 2], [0, 1]),
+        ] {
+            for batch in [1, 3] {
+                let g = ConvGeometry {
+                    batch,
+                    channels_in: 3,
+                    channels_out: 5,
+                    height: 9,
+                    width: 11,
+                    kernel,
+                    stride,
+                    padding,
+                };
+                let x = values(g.batch * g.in_image(), 1);
+                let w = values(g.channels_out * g.patch(), 2);
+                let want = naive(&g, &x, &w);
+                let got = forward(&g, &x, &w, None);
+                for (a, b) in want.iter().zip(&got) {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                        "{g:?}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+}

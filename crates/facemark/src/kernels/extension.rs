@@ -1,0 +1,301 @@
+//! The convolution kernel of [`super::conv`] as a burn backend extension: a forward pass for the
+//! flex backend and a backward pass for autodiff over flex.
+//!
+//! burn-flex computes a convolution's input gradient as a transposed convolution and its weight
+//! gradient as a convolution with the batch as channels; both are matrix products here.
+
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::ops::{ConvOptions, FloatTensorOps, ModuleOps};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{
+    Autodiff, Backend, Dispatch, DispatchDevice, Flex, TensorMetadata, backend_extension,
+};
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::tensor::{DType, Tensor, TensorData};
+
+use super::conv::{self, ConvGeometry};
+
+/// Convolution with facemark's kernels (see the module documentation).
+#[backend_extension(Flex, Autodiff)]
+pub trait ConvKernels: Backend {
+    fn facemark_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+}
+
+/// The geometry of a convolution the kernels handle: f32, groups 1, dilation 1, symmetric
+/// padding; `None` for anything else.
+fn geometry(
+    x_shape: &[usize],
+    w_shape: &[usize],
+    dtypes: &[DType],
+    options: &ConvOptions<2>,
+) -> Option<ConvGeometry> {
+    let (&[batch, channels_in, height, width], &[channels_out, w_in, kh, kw]) = (x_shape, w_shape)
+    else {
+        return None;
+    };
+    let supported = dtypes.iter().all(|d| *d == DType::F32)
+        && options.groups == 1
+        && options.dilation == [1, 1]
+        && !options.is_asymmetric()
+        && w_in == channels_in;
+    let g = ConvGeometry {
+        batch,
+        channels_in,
+        channels_out,
+        height,
+        width,
+        kernel: [kh, kw],
+        stride: options.stride,
+        padding: options.padding_begin(),
+    };
+    (supported && g.is_valid()).then_some(g)
+}
+
+fn flex_geometry(
+    x: &FloatTensor<Flex>,
+    weight: &FloatTensor<Flex>,
+    options: &ConvOptions<2>,
+) -> Option<ConvGeometry> {
+    geometry(
+        &x.shape(),
+        &weight.shape(),
+        &[x.dtype(), weight.dtype()],
+        options,
+    )
+}
+
+/// The tensor's values in row-major order.
+fn values(tensor: &FloatTensor<Flex>) -> std::borrow::Cow<'_, [f32]> {
+    match tensor.as_slice::<f32>() {
+        Some(slice) => std::borrow::Cow::Borrowed(slice),
+        None => std::borrow::Cow::Owned(tensor.to_contiguous().storage::<f32>().to_vec()),
+    }
+}
+
+fn flex_tensor(values: Vec<f32>, shape: Vec<usize>) -> FloatTensor<Flex> {
+    Flex::float_from_data(TensorData::new(values, shape), &Default::default())
+}
+
+impl ConvKernels for Flex {
+    fn facemark_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let Some(g) = flex_geometry(&x, &weight, &options) else {
+            return Flex::conv2d(x, weight, None, options);
+        };
+        let y = conv::forward(&g, &values(&x), &values(&weight), None);
+        flex_tensor(
+            y,
+            vec![g.batch, g.channels_out, g.out_height(), g.out_width()],
+        )
+    }
+}
+
+/// The backward pass: gradients for the parents that ask for one.
+#[derive(Debug)]
+struct ConvBackward;
+
+type ConvState = (NodeId, NodeId, ConvGeometry);
+
+fn register_gradients(
+    ops: Ops<ConvState, 2>,
+    grads: &mut Gradients,
+    checkpointer: &mut Checkpointer,
+) {
+    let grad = grads.consume::<Flex>(&ops.node);
+    let (x_state, weight_state, g) = ops.state;
+    let x = checkpointer.retrieve_node_output::<FloatTensor<Flex>>(x_state);
+    let weight = checkpointer.retrieve_node_output::<FloatTensor<Flex>>(weight_state);
+    let [node_x, node_weight] = ops.parents;
+    let computed = conv::backward(
+        &g,
+        &values(&x),
+        &values(&weight),
+        &values(&grad),
+        node_x.is_some(),
+        false,
+    );
+    if let (Some(node), Some(dx)) = (node_x, computed.input) {
+        grads.register::<Flex>(node.id, flex_tensor(dx, x.shape().to_vec()));
+    }
+    if let Some(node) = node_weight {
+        grads.register::<Flex>(
+            node.id,
+            flex_tensor(computed.weight, weight.shape().to_vec()),
+        );
+    }
+}
+
+impl Backward<Flex, 2> for ConvBackward {
+    type State = ConvState;
+
+    fn backward(self, ops: Ops<ConvState, 2>, grads: &mut Gradients, cp: &mut Checkpointer) {
+        register_gradients(ops, grads, cp);
+    }
+}
+
+impl<C: CheckpointStrategy> ConvKernels for Autodiff<Flex, C> {
+    fn facemark_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let Some(g) = flex_geometry(x.primitive(), weight.primitive(), &options) else {
+            return <Self as ModuleOps<Self>>::conv2d(x, weight, None, options);
+        };
+        match ConvBackward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&weight), g);
+                let y = Flex::facemark_conv2d(x.into_primitive(), weight.into_primitive(), options);
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::facemark_conv2d(
+                x.into_primitive(),
+                weight.into_primitive(),
+                options,
+            )),
+        }
+    }
+}
+
+/// Whether a tensor lives on the flex backend (with or without autodiff).
+fn on_flex(x: &Tensor<4>) -> bool {
+    matches!(
+        x.device().as_dispatch().clone().inner(),
+        DispatchDevice::Flex(_)
+    )
+}
+
+/// A 2-D convolution, computed by facemark's kernels on the flex backend and by burn elsewhere.
+pub fn conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    if !on_flex(&x) {
+        return burn::tensor::module::conv2d(x, weight, bias, options);
+    }
+    let y = Tensor::from_dispatch(<Dispatch as ConvKernels>::facemark_conv2d(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        options,
+    ));
+    match bias {
+        Some(bias) => {
+            let channels = bias.dims()[0];
+            y + bias.reshape([1, channels, 1, 1])
+        }
+        None => y,
+    }
+}
+
+/// `conv.forward(x)` through [`conv2d`] (burn's own for `Same` padding).
+pub fn forward_conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let ((top, bottom), (left, right)) = match conv.padding {
+        PaddingConfig2d::Valid => ((0, 0), (0, 0)),
+        PaddingConfig2d::Explicit(top, left, bottom, right) => ((top, bottom), (left, right)),
+        PaddingConfig2d::Same => return conv.forward(x),
+    };
+    let options = ConvOptions::new_with_padding(
+        conv.stride,
+        [(top, bottom), (left, right)],
+        conv.dilation,
+        conv.groups,
+    );
+    conv2d(
+        x,
+        conv.weight.val(),
+        conv.bias.as_ref().map(|b| b.val()),
+        options,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution};
+
+    /// Largest difference relative to the reference's largest magnitude.
+    fn relative_error(ours: &Tensor<4>, reference: &Tensor<4>) -> f32 {
+        let a = ours.to_data().try_to_vec::<f32>().unwrap();
+        let b = reference.to_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+        a.iter()
+            .zip(&b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+            / scale
+    }
+
+    /// Forward values and the gradients of x, weight and bias equal burn's conv2d.
+    fn check(x_shape: [usize; 4], w_shape: [usize; 4], stride: usize, padding: usize, bias: bool) {
+        let device = Device::flex().autodiff();
+        device.seed(7);
+        let uniform = Distribution::Uniform(-1.0, 1.0);
+        let x = Tensor::<4>::random(x_shape, uniform, &device).require_grad();
+        let w = Tensor::<4>::random(w_shape, uniform, &device).require_grad();
+        let b = bias.then(|| Tensor::<1>::random([w_shape[0]], uniform, &device).require_grad());
+        let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
+        let ours = conv2d(x.clone(), w.clone(), b.clone(), options.clone());
+        let reference = burn::tensor::module::conv2d(x.clone(), w.clone(), b.clone(), options);
+        let case = format!("x {x_shape:?} w {w_shape:?} stride {stride} pad {padding} bias {bias}");
+        assert!(relative_error(&ours, &reference) < 1e-4, "forward: {case}");
+
+        let r = Tensor::<4>::random(reference.dims(), uniform, &device);
+        let ours_grads = (ours * r.clone()).sum().backward();
+        let reference_grads = (reference * r).sum().backward();
+        for (name, a, b) in [
+            ("x", x.grad(&ours_grads), x.grad(&reference_grads)),
+            ("weight", w.grad(&ours_grads), w.grad(&reference_grads)),
+        ] {
+            let (a, b) = (a.expect("gradient"), b.expect("gradient"));
+            let e = relative_error(&a, &b);
+            assert!(e < 1e-4, "{name} gradient off by {e}: {case}");
+        }
+        if let Some(b) = b {
+            let a = b.grad(&ours_grads).unwrap().reshape([1, 1, 1, w_shape[0]]);
+            let r = b
+                .grad(&reference_grads)
+                .unwrap()
+                .reshape([1, 1, 1, w_shape[0]]);
+            assert!(relative_error(&a, &r) < 1e-4, "bias gradient: {case}");
+        }
+    }
+
+    #[test]
+    fn forward_and_gradients_equal_burns_convolution() {
+        check([2, 3, 12, 10], [5, 3, 3, 3], 1, 1, false);
+        check([4, 8, 9, 9], [6, 8, 3, 3], 2, 1, false);
+        check([1, 3, 16, 16], [4, 3, 7, 7], 2, 3, false);
+        check([3, 6, 7, 5], [9, 6, 1, 1], 1, 0, true);
+        check([2, 6, 8, 8], [4, 6, 1, 1], 2, 0, false);
+        check([1, 16, 14, 14], [32, 16, 3, 3], 1, 1, true);
+    }
+
+    #[test]
+    fn inference_tensors_use_the_kernels_too() {
+        let device = Device::flex();
+        let x = Tensor::<4>::random([1, 2, 6, 6], Distribution::Default, &device);
+        let w = Tensor::<4>::random([3, 2, 3, 3], Distribution::Default, &device);
+        let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+        let ours = conv2d(x.clone(), w.clone(), None, options.clone());
+        let reference = burn::tensor::module::conv2d(x, w, None, options);
+        assert!(relative_error(&ours, &reference) < 1e-5);
+    }
+}
