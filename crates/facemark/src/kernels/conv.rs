@@ -10,6 +10,8 @@
 //! Images run in parallel (rayon) when the batch can keep every thread busy; otherwise the
 //! matrix products themselves are parallel, as single-face inference needs.
 
+use std::ops::Range;
+
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -76,12 +78,51 @@ impl ConvGeometry {
     }
 
     fn inner_parallelism(&self) -> Parallelism {
-        if self.parallel_images() {
-            Parallelism::None
-        } else {
-            Parallelism::Rayon(0)
-        }
+        matmul_parallelism(self.batch)
     }
+}
+
+/// Parallel matrix products only when the batch alone cannot keep every thread busy.
+pub(super) fn matmul_parallelism(batch: usize) -> Parallelism {
+    if batch >= rayon::current_num_threads() {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(0)
+    }
+}
+
+/// Runs `partial` on the batch split into one range of images per thread (each range with its
+/// slice of the input gradient `dx`, `in_image` values per image) and adds up the partial sums it
+/// returns; one range on the calling thread when the matrix products are parallel instead.
+pub(super) fn sum_over_batch(
+    batch: usize,
+    in_image: usize,
+    dx: Option<&mut [f32]>,
+    partial: impl Fn(Range<usize>, Option<&mut [f32]>) -> Vec<Vec<f32>> + Sync,
+) -> Vec<Vec<f32>> {
+    if !matches!(matmul_parallelism(batch), Parallelism::None) {
+        return partial(0..batch, dx);
+    }
+    let per_thread = batch.div_ceil(rayon::current_num_threads().min(batch));
+    let ranges: Vec<Range<usize>> = (0..batch)
+        .step_by(per_thread)
+        .map(|start| start..(start + per_thread).min(batch))
+        .collect();
+    let dx_slices: Vec<Option<&mut [f32]>> = match dx {
+        Some(dx) => dx.chunks_mut(per_thread * in_image).map(Some).collect(),
+        None => ranges.iter().map(|_| None).collect(),
+    };
+    ranges
+        .into_par_iter()
+        .zip(dx_slices)
+        .map(|(range, dx)| partial(range, dx))
+        .reduce_with(|mut a, b| {
+            for (sum, part) in a.iter_mut().zip(&b) {
+                sum.iter_mut().zip(part).for_each(|(s, p)| *s += p);
+            }
+            a
+        })
+        .unwrap_or_default()
 }
 
 /// The output columns `ox` whose input column `ox * stride + k - pad` lies inside `0..size`.
@@ -176,7 +217,7 @@ fn col2im(g: &ConvGeometry, col: &[f32], image: &mut [f32]) {
 
 /// A row-major matrix view for `gemm`: `rows x cols` with the given strides (in elements).
 #[derive(Clone, Copy)]
-struct Mat {
+pub(super) struct Mat {
     rows: usize,
     cols: usize,
     row_stride: isize,
@@ -184,7 +225,7 @@ struct Mat {
 }
 
 impl Mat {
-    fn row_major(rows: usize, cols: usize) -> Self {
+    pub(super) fn row_major(rows: usize, cols: usize) -> Self {
         Self {
             rows,
             cols,
@@ -193,7 +234,7 @@ impl Mat {
         }
     }
 
-    fn transposed(self) -> Self {
+    pub(super) fn transposed(self) -> Self {
         Self {
             rows: self.cols,
             cols: self.rows,
@@ -204,7 +245,7 @@ impl Mat {
 }
 
 /// `dst = lhs · rhs`, or `dst += lhs · rhs` with `accumulate`.
-fn matmul(
+pub(super) fn matmul(
     dst: &mut [f32],
     lhs: &[f32],
     lhs_shape: Mat,
@@ -315,8 +356,7 @@ pub fn backward(
     let parallelism = g.inner_parallelism();
 
     let mut dx = want_input.then(|| vec![0.0f32; g.batch * g.in_image()]);
-    // Per-thread sums of the weight and bias gradients, added at the end.
-    let partial = |b_range: std::ops::Range<usize>, dx: Option<&mut [f32]>| {
+    let partial = |images: Range<usize>, mut dx: Option<&mut [f32]>| {
         let mut dw = vec![0.0f32; g.channels_out * k];
         let mut db = vec![0.0f32; if want_bias { g.channels_out } else { 0 }];
         let mut col = vec![0.0f32; if g.is_pointwise() { 0 } else { k * n }];
@@ -328,8 +368,7 @@ pub fn backward(
                 k * n
             }
         ];
-        let mut dx = dx;
-        for (i, b) in b_range.enumerate() {
+        for (i, b) in images.enumerate() {
             let image = &x[b * g.in_image()..][..g.in_image()];
             let grad = &dy[b * g.out_image()..][..g.out_image()];
             let cols_of_image: &[f32] = if g.is_pointwise() {
@@ -376,33 +415,11 @@ pub fn backward(
                 }
             }
         }
-        (dw, db)
+        vec![dw, db]
     };
-
-    let (dw, db) = if g.parallel_images() {
-        let threads = rayon::current_num_threads().min(g.batch);
-        let per_thread = g.batch.div_ceil(threads);
-        let ranges: Vec<_> = (0..g.batch)
-            .step_by(per_thread)
-            .map(|start| start..(start + per_thread).min(g.batch))
-            .collect();
-        let dx_chunks: Vec<Option<&mut [f32]>> = match dx.as_deref_mut() {
-            Some(dx) => dx.chunks_mut(per_thread * g.in_image()).map(Some).collect(),
-            None => ranges.iter().map(|_| None).collect(),
-        };
-        ranges
-            .into_par_iter()
-            .zip(dx_chunks)
-            .map(|(range, dx)| partial(range, dx))
-            .reduce_with(|(mut dw, mut db), (dw2, db2)| {
-                dw.iter_mut().zip(&dw2).for_each(|(a, b)| *a += b);
-                db.iter_mut().zip(&db2).for_each(|(a, b)| *a += b);
-                (dw, db)
-            })
-            .unwrap_or_default()
-    } else {
-        partial(0..g.batch, dx.as_deref_mut())
-    };
+    let mut sums = sum_over_batch(g.batch, g.in_image(), dx.as_deref_mut(), partial);
+    let db = sums.pop().unwrap_or_default();
+    let dw = sums.pop().unwrap_or_default();
     Gradients {
         input: dx,
         weight: dw,

@@ -9,24 +9,32 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::ops::{ConvOptions, FloatTensorOps, ModuleOps};
+use burn::backend::ops::{ConvOptions, ConvTransposeOptions, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
     Autodiff, Backend, Dispatch, DispatchDevice, Flex, TensorMetadata, backend_extension,
 };
 use burn::nn::PaddingConfig2d;
-use burn::nn::conv::Conv2d;
+use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::tensor::{DType, Tensor, TensorData};
 
 use super::conv::{self, ConvGeometry};
+use super::upsample::{self, UpGeometry};
 
-/// Convolution with facemark's kernels (see the module documentation).
+/// Convolutions with facemark's kernels (see the module documentation); bias is added by the
+/// callers with burn's own operations.
 #[backend_extension(Flex, Autodiff)]
 pub trait ConvKernels: Backend {
     fn facemark_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+
+    fn facemark_conv_transpose2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvTransposeOptions<2>,
     ) -> FloatTensor<Self>;
 }
 
@@ -58,6 +66,39 @@ fn geometry(
         padding: options.padding_begin(),
     };
     (supported && g.is_valid()).then_some(g)
+}
+
+/// The geometry of a transposed convolution the kernels handle: f32, kernel equal to the
+/// stride, no padding, groups 1, dilation 1.
+fn up_geometry(
+    x: &FloatTensor<Flex>,
+    weight: &FloatTensor<Flex>,
+    options: &ConvTransposeOptions<2>,
+) -> Option<UpGeometry> {
+    let (&[batch, channels_in, height, width], &[w_in, channels_out, kh, kw]) =
+        (&x.shape()[..], &weight.shape()[..])
+    else {
+        return None;
+    };
+    let supported = x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && options.groups == 1
+        && options.dilation == [1, 1]
+        && options.padding == [0, 0]
+        && options.padding_out == [0, 0]
+        && options.stride == [kh, kw]
+        && w_in == channels_in
+        && [batch, channels_in, channels_out, height, width, kh, kw]
+            .iter()
+            .all(|&v| v > 0);
+    supported.then_some(UpGeometry {
+        batch,
+        channels_in,
+        channels_out,
+        height,
+        width,
+        kernel: [kh, kw],
+    })
 }
 
 fn flex_geometry(
@@ -95,6 +136,21 @@ impl ConvKernels for Flex {
             return Flex::conv2d(x, weight, None, options);
         };
         let y = conv::forward(&g, &values(&x), &values(&weight), None);
+        flex_tensor(
+            y,
+            vec![g.batch, g.channels_out, g.out_height(), g.out_width()],
+        )
+    }
+
+    fn facemark_conv_transpose2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvTransposeOptions<2>,
+    ) -> FloatTensor<Self> {
+        let Some(g) = up_geometry(&x, &weight, &options) else {
+            return Flex::conv_transpose2d(x, weight, None, options);
+        };
+        let y = upsample::forward(&g, &values(&x), &values(&weight));
         flex_tensor(
             y,
             vec![g.batch, g.channels_out, g.out_height(), g.out_width()],
@@ -145,6 +201,35 @@ impl Backward<Flex, 2> for ConvBackward {
     }
 }
 
+/// The backward pass of the upsampling.
+#[derive(Debug)]
+struct UpBackward;
+
+impl Backward<Flex, 2> for UpBackward {
+    type State = (NodeId, NodeId, UpGeometry);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, cp: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (x_state, weight_state, g) = ops.state;
+        let x = cp.retrieve_node_output::<FloatTensor<Flex>>(x_state);
+        let weight = cp.retrieve_node_output::<FloatTensor<Flex>>(weight_state);
+        let [node_x, node_weight] = ops.parents;
+        let (dx, dw) = upsample::backward(
+            &g,
+            &values(&x),
+            &values(&weight),
+            &values(&grad),
+            node_x.is_some(),
+        );
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(node.id, flex_tensor(dx, x.shape().to_vec()));
+        }
+        if let Some(node) = node_weight {
+            grads.register::<Flex>(node.id, flex_tensor(dw, weight.shape().to_vec()));
+        }
+    }
+}
+
 impl<C: CheckpointStrategy> ConvKernels for Autodiff<Flex, C> {
     fn facemark_conv2d(
         x: FloatTensor<Self>,
@@ -169,6 +254,30 @@ impl<C: CheckpointStrategy> ConvKernels for Autodiff<Flex, C> {
                 weight.into_primitive(),
                 options,
             )),
+        }
+    }
+
+    fn facemark_conv_transpose2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvTransposeOptions<2>,
+    ) -> FloatTensor<Self> {
+        let Some(g) = up_geometry(x.primitive(), weight.primitive(), &options) else {
+            return <Self as ModuleOps<Self>>::conv_transpose2d(x, weight, None, options);
+        };
+        let forward = |x, w| Flex::facemark_conv_transpose2d(x, w, options.clone());
+        match UpBackward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), prep.checkpoint(&weight), g);
+                prep.finish(state, forward(x.into_primitive(), weight.into_primitive()))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(forward(x.into_primitive(), weight.into_primitive()))
+            }
         }
     }
 }
@@ -196,6 +305,10 @@ pub fn conv2d(
         weight.into_dispatch(),
         options,
     ));
+    add_bias(y, bias)
+}
+
+fn add_bias(y: Tensor<4>, bias: Option<Tensor<1>>) -> Tensor<4> {
     match bias {
         Some(bias) => {
             let channels = bias.dims()[0];
@@ -203,6 +316,42 @@ pub fn conv2d(
         }
         None => y,
     }
+}
+
+/// A 2-D transposed convolution, computed by facemark's kernels on the flex backend when its
+/// kernel equals its stride, and by burn otherwise.
+pub fn conv_transpose2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvTransposeOptions<2>,
+) -> Tensor<4> {
+    if !on_flex(&x) {
+        return burn::tensor::module::conv_transpose2d(x, weight, bias, options);
+    }
+    let y = Tensor::from_dispatch(<Dispatch as ConvKernels>::facemark_conv_transpose2d(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        options,
+    ));
+    add_bias(y, bias)
+}
+
+/// `up.forward(x)` through [`conv_transpose2d`].
+pub fn forward_up(up: &ConvTranspose2d, x: Tensor<4>) -> Tensor<4> {
+    let options = ConvTransposeOptions::new(
+        up.stride,
+        up.padding,
+        up.padding_out,
+        up.dilation,
+        up.groups,
+    );
+    conv_transpose2d(
+        x,
+        up.weight.val(),
+        up.bias.as_ref().map(|b| b.val()),
+        options,
+    )
 }
 
 /// `conv.forward(x)` through [`conv2d`] (burn's own for `Same` padding).
@@ -286,6 +435,40 @@ mod tests {
         check([3, 6, 7, 5], [9, 6, 1, 1], 1, 0, true);
         check([2, 6, 8, 8], [4, 6, 1, 1], 2, 0, false);
         check([1, 16, 14, 14], [32, 16, 3, 3], 1, 1, true);
+    }
+
+    /// The same for the non-overlapping transposed convolution.
+    fn check_up(x_shape: [usize; 4], w_shape: [usize; 4], bias: bool) {
+        let device = Device::flex().autodiff();
+        device.seed(11);
+        let uniform = Distribution::Uniform(-1.0, 1.0);
+        let x = Tensor::<4>::random(x_shape, uniform, &device).require_grad();
+        let w = Tensor::<4>::random(w_shape, uniform, &device).require_grad();
+        let b = bias.then(|| Tensor::<1>::random([w_shape[1]], uniform, &device).require_grad());
+        let stride = [w_shape[2], w_shape[3]];
+        let options = ConvTransposeOptions::new(stride, [0, 0], [0, 0], [1, 1], 1);
+        let ours = conv_transpose2d(x.clone(), w.clone(), b.clone(), options.clone());
+        let reference =
+            burn::tensor::module::conv_transpose2d(x.clone(), w.clone(), b.clone(), options);
+        let case = format!("x {x_shape:?} w {w_shape:?} bias {bias}");
+        assert!(relative_error(&ours, &reference) < 1e-4, "forward: {case}");
+        let r = Tensor::<4>::random(reference.dims(), uniform, &device);
+        let ours_grads = (ours * r.clone()).sum().backward();
+        let reference_grads = (reference * r).sum().backward();
+        for (name, a, b) in [
+            ("x", x.grad(&ours_grads), x.grad(&reference_grads)),
+            ("weight", w.grad(&ours_grads), w.grad(&reference_grads)),
+        ] {
+            let e = relative_error(&a.expect("gradient"), &b.expect("gradient"));
+            assert!(e < 1e-4, "{name} gradient off by {e}: {case}");
+        }
+    }
+
+    #[test]
+    fn upsampling_forward_and_gradients_equal_burns_transposed_convolution() {
+        check_up([2, 8, 5, 7], [8, 4, 2, 2], true);
+        check_up([3, 6, 4, 4], [6, 5, 2, 2], false);
+        check_up([1, 4, 3, 5], [4, 3, 3, 2], true);
     }
 
     #[test]

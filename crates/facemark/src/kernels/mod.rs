@@ -9,5 +9,6 @@
 
 pub mod conv;
 mod extension;
+pub mod upsample;
 
-pub use extension::{conv2d, forward_conv};
+pub use extension::{conv_transpose2d, conv2d, forward_conv, forward_up};

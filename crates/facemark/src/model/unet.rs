@@ -10,7 +10,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
 
-use crate::kernels::forward_conv;
+use crate::kernels::{forward_conv, forward_up};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,7 +136,7 @@ impl UNet {
         skips.pop(); // the bottleneck is `x` itself
         for (up, decoder) in self.ups.iter().zip(&self.decoders) {
             let skip = skips.pop().expect("one skip per decoder level");
-            x = decoder.forward(Tensor::cat(vec![up.forward(x), skip], 1));
+            x = decoder.forward(Tensor::cat(vec![forward_up(up, x), skip], 1));
         }
         forward_conv(&self.head, x)
     }
