@@ -12,6 +12,10 @@ pub enum Output {
     /// `[batch, K, H, W]`: one map per landmark (probabilities, or raw values for nets trained
     /// with a squared error), the largest value at the landmark.
     Heatmaps(Tensor<4>),
+    /// `[batch, K, H, W]`: each map's log-probabilities up to a constant per map (the logits of a
+    /// per-map softmax). Decoded without the softmax: the argmax and the parabola through the
+    /// log-values do not change when a map is shifted by a constant.
+    LogHeatmaps(Tensor<4>),
 }
 
 /// How a heatmap becomes a point.
@@ -45,6 +49,7 @@ impl Output {
                 coords.reshape([b, two_k / 2, 2])
             }
             Output::Heatmaps(maps) => decode_maps(maps, decoding),
+            Output::LogHeatmaps(logits) => decode_log_maps(logits, decoding),
         }
     }
 
@@ -72,16 +77,24 @@ impl Output {
 /// parabola through the log-values of the peak and its two neighbours per axis (exact for a
 /// Gaussian; at most half a pixel; none at the map's border or where the log-map is not concave).
 pub fn decode_maps(maps: Tensor<4>, decoding: Decoding) -> Tensor<3> {
-    let [b, k, h, w] = maps.dims();
+    let log = match decoding {
+        Decoding::Argmax => maps,
+        Decoding::Subpixel => maps.clamp_min(0.0).add_scalar(1e-12).log(),
+    };
+    decode_log_maps(log, decoding)
+}
+
+/// [`decode_maps`] of maps given as log-values (up to a constant per map).
+pub fn decode_log_maps(log_maps: Tensor<4>, decoding: Decoding) -> Tensor<3> {
+    let [b, k, h, w] = log_maps.dims();
     let n = b * k;
-    let flat = maps.reshape([n, h * w]);
-    let best = flat.clone().argmax(1); // [n, 1]
+    let log = log_maps.reshape([n, h * w]);
+    let best = log.clone().argmax(1); // [n, 1]
     let bx = best.clone().remainder_scalar(w as i64);
     let by = best.clone().div_scalar(w as i64);
     let mut x = bx.clone().float().add_scalar(0.5);
     let mut y = by.clone().float().add_scalar(0.5);
     if decoding == Decoding::Subpixel {
-        let log = flat.clamp_min(0.0).add_scalar(1e-12).log();
         let at = |index: Tensor<2, Int>| log.clone().gather(1, index);
         let last = (h * w - 1) as i64;
         let centre = at(best.clone());

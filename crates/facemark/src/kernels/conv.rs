@@ -72,11 +72,6 @@ impl ConvGeometry {
         self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
     }
 
-    /// Images in parallel when there are enough of them; else parallel matrix products.
-    fn parallel_images(&self) -> bool {
-        self.batch >= rayon::current_num_threads()
-    }
-
     fn inner_parallelism(&self) -> Parallelism {
         matmul_parallelism(self.batch)
     }
@@ -88,6 +83,53 @@ pub(super) fn matmul_parallelism(batch: usize) -> Parallelism {
         Parallelism::None
     } else {
         Parallelism::Rayon(0)
+    }
+}
+
+thread_local! {
+    /// Each thread's scratch memory for column matrices, kept between calls.
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's scratch buffer of `len` values. Its contents are left over from
+/// earlier calls: `f` must write what it reads. Re-entrant (a nested call, say from a rayon job
+/// stolen while `f` waits, gets a buffer of its own).
+pub(super) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buffer = SCRATCH.take();
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    let result = f(&mut buffer[..len]);
+    SCRATCH.with(|slot| {
+        let kept = slot.take();
+        slot.set(if kept.len() >= buffer.len() {
+            kept
+        } else {
+            buffer
+        });
+    });
+    result
+}
+
+/// Runs `one_image(b, output of image b)` for every image of `out` (`batch` equal slices), the
+/// images in parallel when the batch can keep every thread busy.
+pub(super) fn for_each_image(
+    out: &mut [f32],
+    batch: usize,
+    one_image: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
+    let per_image = out.len() / batch.max(1);
+    if per_image == 0 {
+        return;
+    }
+    if matches!(matmul_parallelism(batch), Parallelism::None) {
+        out.par_chunks_mut(per_image)
+            .enumerate()
+            .for_each(|(b, image)| one_image(b, image));
+    } else {
+        out.chunks_mut(per_image)
+            .enumerate()
+            .for_each(|(b, image)| one_image(b, image));
     }
 }
 
@@ -288,47 +330,42 @@ pub(super) fn matmul(
 }
 
 /// The convolution of `x` `[B, C_in, H, W]` with `weight` `[C_out, C_in, k_h, k_w]`, plus `bias`
-/// `[C_out]`: `[B, C_out, H_out, W_out]`.
-pub fn forward(g: &ConvGeometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+/// `[C_out]`, then with `relu` negative values set to 0: `[B, C_out, H_out, W_out]`.
+pub fn forward(
+    g: &ConvGeometry,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
     let (k, n) = (g.patch(), g.out_plane());
     let w = Mat::row_major(g.channels_out, k);
     let cols = Mat::row_major(k, n);
     let parallelism = g.inner_parallelism();
     let mut y = vec![0.0f32; g.batch * g.out_image()];
-    let one_image = |col: &mut Vec<f32>, (b, out): (usize, &mut [f32])| {
+    for_each_image(&mut y, g.batch, |b, out| {
         let image = &x[b * g.in_image()..][..g.in_image()];
         if let Some(bias) = bias {
             for (plane, &v) in out.chunks_mut(n).zip(bias) {
                 plane.fill(v);
             }
         }
-        let cols_of_image: &[f32] = if g.is_pointwise() {
-            image
-        } else {
-            im2col(g, image, col);
-            col
-        };
-        matmul(
-            out,
-            weight,
-            w,
-            cols_of_image,
-            cols,
-            bias.is_some(),
-            parallelism,
-        );
-    };
-    let scratch = || vec![0.0f32; if g.is_pointwise() { 0 } else { k * n }];
-    if g.parallel_images() {
-        y.par_chunks_mut(g.out_image())
-            .enumerate()
-            .for_each_init(scratch, one_image);
-    } else {
-        let mut col = scratch();
-        y.chunks_mut(g.out_image())
-            .enumerate()
-            .for_each(|item| one_image(&mut col, item));
-    }
+        let scratch = if g.is_pointwise() { 0 } else { k * n };
+        with_scratch(scratch, |col| {
+            let cols_of_image: &[f32] = if g.is_pointwise() {
+                image
+            } else {
+                im2col(g, image, col);
+                col
+            };
+            let accumulate = bias.is_some();
+            matmul(out, weight, w, cols_of_image, cols, accumulate, parallelism);
+        });
+        if relu {
+            // While the image is still in cache.
+            out.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+    });
     y
 }
 
@@ -359,37 +396,35 @@ pub fn backward(
     let partial = |images: Range<usize>, mut dx: Option<&mut [f32]>| {
         let mut dw = vec![0.0f32; g.channels_out * k];
         let mut db = vec![0.0f32; if want_bias { g.channels_out } else { 0 }];
-        let mut col = vec![0.0f32; if g.is_pointwise() { 0 } else { k * n }];
-        let mut dcol = vec![
-            0.0f32;
-            if g.is_pointwise() || !want_input {
-                0
-            } else {
-                k * n
-            }
-        ];
-        for (i, b) in images.enumerate() {
-            let image = &x[b * g.in_image()..][..g.in_image()];
-            let grad = &dy[b * g.out_image()..][..g.out_image()];
-            let cols_of_image: &[f32] = if g.is_pointwise() {
-                image
-            } else {
-                im2col(g, image, &mut col);
-                &col
-            };
-            matmul(
-                &mut dw,
-                grad,
-                dy_image,
-                cols_of_image,
-                cols.transposed(),
-                true,
-                parallelism,
-            );
-            for (sum, plane) in db.iter_mut().zip(grad.chunks(n)) {
-                *sum += plane.iter().sum::<f32>();
-            }
-            if let Some(dx) = dx.as_deref_mut() {
+        // Column matrices of the input (for dW) and of the input gradient (for dx).
+        let scratch = if g.is_pointwise() { 0 } else { 2 * k * n };
+        with_scratch(scratch, |buffers| {
+            let (col, dcol) = buffers.split_at_mut(scratch / 2);
+            for (i, b) in images.enumerate() {
+                let image = &x[b * g.in_image()..][..g.in_image()];
+                let grad = &dy[b * g.out_image()..][..g.out_image()];
+                let cols_of_image: &[f32] = if g.is_pointwise() {
+                    image
+                } else {
+                    im2col(g, image, col);
+                    col
+                };
+                let transposed_cols = cols.transposed();
+                matmul(
+                    &mut dw,
+                    grad,
+                    dy_image,
+                    cols_of_image,
+                    transposed_cols,
+                    true,
+                    parallelism,
+                );
+                for (sum, plane) in db.iter_mut().zip(grad.chunks(n)) {
+                    *sum += plane.iter().sum::<f32>();
+                }
+                let Some(dx) = dx.as_deref_mut() else {
+                    continue;
+                };
                 let dx_image = &mut dx[i * g.in_image()..][..g.in_image()];
                 if g.is_pointwise() {
                     matmul(
@@ -403,7 +438,7 @@ pub fn backward(
                     );
                 } else {
                     matmul(
-                        &mut dcol,
+                        dcol,
                         weight,
                         w.transposed(),
                         grad,
@@ -411,10 +446,10 @@ pub fn backward(
                         false,
                         parallelism,
                     );
-                    col2im(g, &dcol, dx_image);
+                    col2im(g, dcol, dx_image);
                 }
             }
-        }
+        });
         vec![dw, db]
     };
     let mut sums = sum_over_batch(g.batch, g.in_image(), dx.as_deref_mut(), partial);
@@ -526,7 +561,7 @@ mod tests {
                 let x = values(g.batch * g.in_image(), 1);
                 let w = values(g.channels_out * g.patch(), 2);
                 let want = naive(&g, &x, &w);
-                let got = forward(&g, &x, &w, None);
+                let got = forward(&g, &x, &w, None, false);
                 for (a, b) in want.iter().zip(&got) {
                     assert!(
                         (a - b).abs() <= 1e-4 * a.abs().max(1.0),

@@ -9,13 +9,15 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::ops::{ConvOptions, ConvTransposeOptions, FloatTensorOps, ModuleOps};
+use burn::backend::ops::{
+    ActivationOps, ConvOptions, ConvTransposeOptions, FloatTensorOps, ModuleOps,
+};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
     Autodiff, Backend, Dispatch, DispatchDevice, Flex, TensorMetadata, backend_extension,
 };
-use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
+use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::tensor::{DType, Tensor, TensorData};
 
 use super::conv::{self, ConvGeometry};
@@ -35,6 +37,15 @@ pub trait ConvKernels: Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         options: ConvTransposeOptions<2>,
+    ) -> FloatTensor<Self>;
+
+    /// Inference: convolution, bias and (with `relu`) ReLU in one pass over the output.
+    fn facemark_conv2d_bias_relu(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        relu: bool,
     ) -> FloatTensor<Self>;
 }
 
@@ -135,7 +146,32 @@ impl ConvKernels for Flex {
         let Some(g) = flex_geometry(&x, &weight, &options) else {
             return Flex::conv2d(x, weight, None, options);
         };
-        let y = conv::forward(&g, &values(&x), &values(&weight), None);
+        let y = conv::forward(&g, &values(&x), &values(&weight), None, false);
+        flex_tensor(
+            y,
+            vec![g.batch, g.channels_out, g.out_height(), g.out_width()],
+        )
+    }
+
+    fn facemark_conv2d_bias_relu(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        let Some(g) = flex_geometry(&x, &weight, &options).filter(|_| bias.dtype() == DType::F32)
+        else {
+            let y = Flex::conv2d(x, weight, Some(bias), options);
+            return if relu { Flex::relu(y) } else { y };
+        };
+        let y = conv::forward(
+            &g,
+            &values(&x),
+            &values(&weight),
+            Some(&values(&bias)),
+            relu,
+        );
         flex_tensor(
             y,
             vec![g.batch, g.channels_out, g.out_height(), g.out_width()],
@@ -257,6 +293,20 @@ impl<C: CheckpointStrategy> ConvKernels for Autodiff<Flex, C> {
         }
     }
 
+    fn facemark_conv2d_bias_relu(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        // Inference only in practice; with autodiff it is the composition of differentiable ops.
+        let channels = bias.shape()[0];
+        let bias = Self::float_reshape(bias, [1, channels, 1, 1].into());
+        let y = Self::float_add(Self::facemark_conv2d(x, weight, options), bias);
+        if relu { Self::relu(y) } else { y }
+    }
+
     fn facemark_conv_transpose2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -354,25 +404,71 @@ pub fn forward_up(up: &ConvTranspose2d, x: Tensor<4>) -> Tensor<4> {
     )
 }
 
-/// `conv.forward(x)` through [`conv2d`] (burn's own for `Same` padding).
-pub fn forward_conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+/// The options of `conv`; `None` for `Same` padding (left to burn).
+fn conv_options(conv: &Conv2d) -> Option<ConvOptions<2>> {
     let ((top, bottom), (left, right)) = match conv.padding {
         PaddingConfig2d::Valid => ((0, 0), (0, 0)),
         PaddingConfig2d::Explicit(top, left, bottom, right) => ((top, bottom), (left, right)),
-        PaddingConfig2d::Same => return conv.forward(x),
+        PaddingConfig2d::Same => return None,
     };
-    let options = ConvOptions::new_with_padding(
+    Some(ConvOptions::new_with_padding(
         conv.stride,
         [(top, bottom), (left, right)],
         conv.dilation,
         conv.groups,
-    );
+    ))
+}
+
+/// `conv.forward(x)` through [`conv2d`] (burn's own for `Same` padding).
+pub fn forward_conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let Some(options) = conv_options(conv) else {
+        return conv.forward(x);
+    };
     conv2d(
         x,
         conv.weight.val(),
         conv.bias.as_ref().map(|b| b.val()),
         options,
     )
+}
+
+/// `norm.forward(conv.forward(x))`, then ReLU with `relu`. At inference (no autodiff, or a frozen
+/// norm) the batch norm is folded into the convolution's weights and bias
+/// (`w·γ/√(σ²+ε)`, `β + (b − μ)·γ/√(σ²+ε)`) and the three layers run as one pass on flex.
+pub fn conv_norm(conv: &Conv2d, norm: &BatchNorm, relu: bool, x: Tensor<4>) -> Tensor<4> {
+    let training = x.device().is_autodiff() && norm.training.is_enabled();
+    let options = conv_options(conv);
+    let (false, true, Some(options)) = (training, on_flex(&x), options) else {
+        let y = norm.forward(forward_conv(conv, x));
+        return if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        };
+    };
+    let device = x.device();
+    let scale = norm.gamma.val()
+        / norm
+            .running_var
+            .value()
+            .to_device(&device)
+            .add_scalar(norm.epsilon)
+            .sqrt();
+    let mean = norm.running_mean.value().to_device(&device);
+    let shift = match &conv.bias {
+        Some(b) => b.val() - mean,
+        None => mean.neg(),
+    };
+    let bias = norm.beta.val() + shift * scale.clone();
+    let channels = scale.dims()[0];
+    let weight = conv.weight.val() * scale.reshape([channels, 1, 1, 1]);
+    Tensor::from_dispatch(<Dispatch as ConvKernels>::facemark_conv2d_bias_relu(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        options,
+        relu,
+    ))
 }
 
 #[cfg(test)]
@@ -469,6 +565,40 @@ mod tests {
         check_up([2, 8, 5, 7], [8, 4, 2, 2], true);
         check_up([3, 6, 4, 4], [6, 5, 2, 2], false);
         check_up([1, 4, 3, 5], [4, 3, 3, 2], true);
+    }
+
+    #[test]
+    fn folded_batch_norm_equals_conv_then_norm_then_relu() {
+        use burn::module::Module;
+        use burn::nn::BatchNormConfig;
+        use burn::nn::conv::Conv2dConfig;
+        let train = Device::flex().autodiff();
+        train.seed(3);
+        let conv = Conv2dConfig::new([4, 6], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init(&train);
+        let norm = BatchNormConfig::new(6).init(&train);
+        // A few training batches move the running statistics away from 0 and 1.
+        for _ in 0..3 {
+            let x = Tensor::<4>::random([5, 4, 8, 8], Distribution::Normal(0.5, 2.0), &train);
+            let _ = norm.forward(forward_conv(&conv, x));
+        }
+        let (conv, norm) = (conv.valid(), norm.valid());
+        let x = Tensor::<4>::random(
+            [2, 4, 8, 8],
+            Distribution::Normal(0.5, 2.0),
+            &Device::flex(),
+        );
+        for relu in [false, true] {
+            let reference = norm.forward(conv.forward(x.clone()));
+            let reference = if relu {
+                burn::tensor::activation::relu(reference)
+            } else {
+                reference
+            };
+            let fused = conv_norm(&conv, &norm, relu, x.clone());
+            assert!(relative_error(&fused, &reference) < 1e-5, "relu {relu}");
+        }
     }
 
     #[test]

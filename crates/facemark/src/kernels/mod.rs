@@ -11,4 +11,4 @@ pub mod conv;
 mod extension;
 pub mod upsample;
 
-pub use extension::{conv_transpose2d, conv2d, forward_conv, forward_up};
+pub use extension::{conv_norm, conv_transpose2d, conv2d, forward_conv, forward_up};

@@ -4,9 +4,7 @@
 //! depth-to-space reshuffle of `Z` into `[C_out, H·k_h, W·k_w]`; both gradients are matrix
 //! products of the reshuffled output gradient.
 
-use rayon::prelude::*;
-
-use super::conv::{Mat, matmul, matmul_parallelism, sum_over_batch};
+use super::conv::{Mat, for_each_image, matmul, matmul_parallelism, sum_over_batch, with_scratch};
 
 /// Shapes of one non-overlapping transposed convolution (groups 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,22 +94,13 @@ pub fn forward(g: &UpGeometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
     let image = Mat::row_major(g.channels_in, g.plane());
     let parallelism = matmul_parallelism(g.batch);
     let mut y = vec![0.0f32; g.batch * g.out_image()];
-    let one_image = |z: &mut Vec<f32>, (b, out): (usize, &mut [f32])| {
+    for_each_image(&mut y, g.batch, |b, out| {
         let input = &x[b * g.in_image()..][..g.in_image()];
-        matmul(z, weight, w_t, input, image, false, parallelism);
-        blocks_to_image(g, z, out);
-    };
-    let scratch = || vec![0.0f32; g.out_image()];
-    if matches!(parallelism, gemm::Parallelism::None) {
-        y.par_chunks_mut(g.out_image())
-            .enumerate()
-            .for_each_init(scratch, one_image);
-    } else {
-        let mut z = scratch();
-        y.chunks_mut(g.out_image())
-            .enumerate()
-            .for_each(|item| one_image(&mut z, item));
-    }
+        with_scratch(g.out_image(), |z| {
+            matmul(z, weight, w_t, input, image, false, parallelism);
+            blocks_to_image(g, z, out);
+        });
+    });
     y
 }
 
@@ -130,24 +119,17 @@ pub fn backward(
     let mut dx = want_input.then(|| vec![0.0f32; g.batch * g.in_image()]);
     let partial = |images: std::ops::Range<usize>, mut dx: Option<&mut [f32]>| {
         let mut dw = vec![0.0f32; g.channels_in * g.blocks()];
-        let mut dz = vec![0.0f32; g.out_image()];
-        for (i, b) in images.enumerate() {
-            image_to_blocks(g, &dy[b * g.out_image()..][..g.out_image()], &mut dz);
-            let input = &x[b * g.in_image()..][..g.in_image()];
-            matmul(
-                &mut dw,
-                input,
-                image,
-                &dz,
-                z.transposed(),
-                true,
-                parallelism,
-            );
-            if let Some(dx) = dx.as_deref_mut() {
-                let dx_image = &mut dx[i * g.in_image()..][..g.in_image()];
-                matmul(dx_image, weight, w, &dz, z, false, parallelism);
+        with_scratch(g.out_image(), |dz| {
+            for (i, b) in images.enumerate() {
+                image_to_blocks(g, &dy[b * g.out_image()..][..g.out_image()], dz);
+                let input = &x[b * g.in_image()..][..g.in_image()];
+                matmul(&mut dw, input, image, dz, z.transposed(), true, parallelism);
+                if let Some(dx) = dx.as_deref_mut() {
+                    let dx_image = &mut dx[i * g.in_image()..][..g.in_image()];
+                    matmul(dx_image, weight, w, dz, z, false, parallelism);
+                }
             }
-        }
+        });
         vec![dw]
     };
     let dw = sum_over_batch(g.batch, g.in_image(), dx.as_deref_mut(), partial)

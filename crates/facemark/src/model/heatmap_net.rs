@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::unet::{UNet, UNetConfig};
 use crate::data::Example;
-use crate::decode::Decoding;
+use crate::decode::{Decoding, Output};
 use crate::heatmap::{HeatmapTarget, ShapePrior, TargetKind, heatmap_cross_entropy};
 
 /// What the maps are trained with.
@@ -102,6 +102,15 @@ impl HeatmapNet {
                 softmax(logits.reshape([b * k, h * w]), 1).reshape([b, k, h, w])
             }
             HeatmapLoss::Mse => logits,
+        }
+    }
+
+    /// What the decoder reads: the logits themselves for cross-entropy nets (log-probabilities up
+    /// to each map's constant, so no softmax is computed), the raw maps for MSE nets.
+    pub fn output(&self, images: Tensor<4>) -> Output {
+        match self.loss {
+            HeatmapLoss::CrossEntropy => Output::LogHeatmaps(self.logits(images)),
+            HeatmapLoss::Mse => Output::Heatmaps(self.logits(images)),
         }
     }
 

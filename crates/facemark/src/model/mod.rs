@@ -272,7 +272,7 @@ impl KeypointNet {
             KeypointNet::Nose(m) => Output::Coordinates(m.forward(images)),
             KeypointNet::Imm(m) => Output::Coordinates(m.forward(images)),
             KeypointNet::ResNet(m) => Output::Coordinates(m.forward(images)),
-            KeypointNet::Heatmap(m) => Output::Heatmaps(m.heatmaps(images)),
+            KeypointNet::Heatmap(m) => m.output(images),
         }
     }
 

@@ -17,7 +17,7 @@ use burn::nn::{
 };
 use burn::prelude::*;
 
-use crate::kernels::forward_conv;
+use crate::kernels::conv_norm;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,7 +55,7 @@ pub struct Downsample {
 
 impl Downsample {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.norm.forward(forward_conv(&self.conv, x))
+        conv_norm(&self.conv, &self.norm, false, x)
     }
 }
 
@@ -93,10 +93,8 @@ impl BasicBlock {
             Some(d) => d.forward(x.clone()),
             None => x.clone(),
         };
-        let out = self
-            .activation
-            .forward(self.bn1.forward(forward_conv(&self.conv1, x)));
-        let out = self.bn2.forward(forward_conv(&self.conv2, out));
+        let out = conv_norm(&self.conv1, &self.bn1, true, x);
+        let out = conv_norm(&self.conv2, &self.bn2, false, out);
         self.activation.forward(out + identity)
     }
 }
@@ -165,10 +163,7 @@ impl ResNet {
         } else {
             images
         };
-        let x = self.activation.forward(
-            self.stem_norm
-                .forward(forward_conv(&self.stem_conv, images)),
-        );
+        let x = conv_norm(&self.stem_conv, &self.stem_norm, true, images);
         let mut x = self.stem_pool.forward(x);
         for block in &self.blocks {
             x = block.forward(x);

@@ -10,7 +10,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
 
-use crate::kernels::{forward_conv, forward_up};
+use crate::kernels::{conv_norm, forward_conv, forward_up};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,11 +65,8 @@ impl DoubleConv {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self
-            .activation
-            .forward(self.norm1.forward(forward_conv(&self.conv1, x)));
-        self.activation
-            .forward(self.norm2.forward(forward_conv(&self.conv2, x)))
+        let x = conv_norm(&self.conv1, &self.norm1, true, x);
+        conv_norm(&self.conv2, &self.norm2, true, x)
     }
 }
 
