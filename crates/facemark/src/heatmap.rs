@@ -79,16 +79,25 @@ impl HeatmapTarget {
             HeatmapTarget::Gaussian { sigma_at_224 } => {
                 let sigma = sigma_at_224 * width.max(height) as f32 / 224.0;
                 let two_var = 2.0 * sigma * sigma;
-                for (i, v) in map.iter_mut().enumerate() {
-                    let (x, y) = ((i % width) as f32 + 0.5, (i / width) as f32 + 0.5);
-                    let d2 = (x - point[0]).powi(2) + (y - point[1]).powi(2);
-                    *v = (-d2 / two_var).exp();
+                // Separable: exp(-(dx² + dy²)/2σ²) = exp(-dx²/2σ²) · exp(-dy²/2σ²), so one
+                // exponential per row and column instead of one per pixel.
+                let profile = |len: usize, centre: f32| -> Vec<f32> {
+                    (0..len)
+                        .map(|i| (-(i as f32 + 0.5 - centre).powi(2) / two_var).exp())
+                        .collect()
+                };
+                let (across, down) = (profile(width, point[0]), profile(height, point[1]));
+                for (row, &gy) in map.chunks_mut(width.max(1)).zip(&down) {
+                    for (v, &gx) in row.iter_mut().zip(&across) {
+                        *v = gx * gy;
+                    }
                 }
             }
             HeatmapTarget::Binary { radius } => {
+                let radius_squared = radius * radius;
                 for (i, v) in map.iter_mut().enumerate() {
                     let (x, y) = ((i % width) as f32 + 0.5, (i / width) as f32 + 0.5);
-                    if (x - point[0]).hypot(y - point[1]) <= radius {
+                    if (x - point[0]).powi(2) + (y - point[1]).powi(2) <= radius_squared {
                         *v = 1.0;
                     }
                 }
