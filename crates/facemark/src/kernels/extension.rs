@@ -21,6 +21,7 @@ use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::tensor::{DType, Tensor, TensorData};
 
 use super::conv::{self, ConvGeometry};
+use super::norm::{self, NormGeometry};
 use super::upsample::{self, UpGeometry};
 
 /// Convolutions with facemark's kernels (see the module documentation); bias is added by the
@@ -37,6 +38,19 @@ pub trait ConvKernels: Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         options: ConvTransposeOptions<2>,
+    ) -> FloatTensor<Self>;
+
+    /// Per-channel mean and biased variance of `[B, C, H, W]`, as `[2, C]` (never differentiated).
+    fn facemark_channel_statistics(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// Batch normalisation with the batch's statistics `stats` (from
+    /// `facemark_channel_statistics` of the same `x`).
+    fn facemark_batch_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
+        epsilon: f64,
     ) -> FloatTensor<Self>;
 
     /// Inference: convolution, bias and (with `relu`) ReLU in one pass over the output.
@@ -137,7 +151,52 @@ fn flex_tensor(values: Vec<f32>, shape: Vec<usize>) -> FloatTensor<Flex> {
     Flex::float_from_data(TensorData::new(values, shape), &Default::default())
 }
 
+/// The geometry of a batch norm the kernels handle (f32, 4-D).
+fn norm_geometry(x: &FloatTensor<Flex>) -> Option<NormGeometry> {
+    let &[batch, channels, h, w] = &x.shape()[..] else {
+        return None;
+    };
+    (x.dtype() == DType::F32 && channels > 0).then_some(NormGeometry {
+        batch,
+        channels,
+        plane: h * w,
+    })
+}
+
+fn unsupported(what: &str) -> ! {
+    // `batch_norm` below only routes f32 4-D tensors here; anything else is a bug.
+    unreachable!("{what}: only f32 [B, C, H, W] tensors reach facemark's batch-norm kernel")
+}
+
 impl ConvKernels for Flex {
+    fn facemark_channel_statistics(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let Some(g) = norm_geometry(&x) else {
+            unsupported("channel statistics")
+        };
+        flex_tensor(norm::statistics(&g, &values(&x)), vec![2, g.channels])
+    }
+
+    fn facemark_batch_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let Some(g) = norm_geometry(&x) else {
+            unsupported("batch norm")
+        };
+        let y = norm::normalize(
+            &g,
+            &values(&x),
+            &values(&gamma),
+            &values(&beta),
+            &values(&stats),
+            epsilon,
+        );
+        flex_tensor(y, x.shape().to_vec())
+    }
+
     fn facemark_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -266,7 +325,88 @@ impl Backward<Flex, 2> for UpBackward {
     }
 }
 
+/// The backward pass of the batch norm.
+#[derive(Debug)]
+struct NormBackward;
+
+impl Backward<Flex, 3> for NormBackward {
+    type State = (NodeId, NodeId, FloatTensor<Flex>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, cp: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (x_state, gamma_state, stats, epsilon) = ops.state;
+        let x = cp.retrieve_node_output::<FloatTensor<Flex>>(x_state);
+        let gamma = cp.retrieve_node_output::<FloatTensor<Flex>>(gamma_state);
+        let Some(g) = norm_geometry(&x) else {
+            unsupported("batch norm backward")
+        };
+        let (dx, dgamma, dbeta) = norm::backward(
+            &g,
+            &values(&x),
+            &values(&gamma),
+            &values(&stats),
+            epsilon,
+            &values(&grad),
+        );
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, flex_tensor(dx, x.shape().to_vec()));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, flex_tensor(dgamma, vec![g.channels]));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, flex_tensor(dbeta, vec![g.channels]));
+        }
+    }
+}
+
 impl<C: CheckpointStrategy> ConvKernels for Autodiff<Flex, C> {
+    fn facemark_channel_statistics(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let stats = Flex::facemark_channel_statistics(x.primitive().clone());
+        // A constant of the graph: its tiny `[2, C]` values enter as data.
+        Self::float_from_data(stats.into_data(), &Default::default())
+    }
+
+    fn facemark_batch_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let stats = stats.into_primitive();
+        let forward =
+            |x, gamma, beta, stats| Flex::facemark_batch_norm(x, gamma, beta, stats, epsilon);
+        match NormBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (
+                    prep.checkpoint(&x),
+                    prep.checkpoint(&gamma),
+                    stats.clone(),
+                    epsilon,
+                );
+                let y = forward(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    stats,
+                );
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(forward(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                stats,
+            )),
+        }
+    }
+
     fn facemark_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -430,6 +570,46 @@ pub fn forward_conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         conv.bias.as_ref().map(|b| b.val()),
         options,
     )
+}
+
+/// `norm.forward(x)`: in training on flex through facemark's batch-norm kernel (the running
+/// statistics updated as burn's `BatchNorm` does), otherwise burn's own.
+pub fn batch_norm(norm: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    let training = x.device().is_autodiff() && norm.training.is_enabled();
+    if !(training && on_flex(&x) && x.dtype() == DType::F32) {
+        return norm.forward(x);
+    }
+    let stats = Tensor::<2>::from_dispatch(<Dispatch as ConvKernels>::facemark_channel_statistics(
+        x.clone().into_dispatch(),
+    ));
+    let y = Tensor::from_dispatch(<Dispatch as ConvKernels>::facemark_batch_norm(
+        x.into_dispatch(),
+        norm.gamma.val().into_dispatch(),
+        norm.beta.val().into_dispatch(),
+        stats.clone().into_dispatch(),
+        norm.epsilon,
+    ));
+    let channels = stats.dims()[1];
+    let device = y.device();
+    let [mean, variance] = [0, 1].map(|row| {
+        stats
+            .clone()
+            .slice([row..row + 1, 0..channels])
+            .reshape([channels])
+            .detach()
+    });
+    let blend = |running: Tensor<1>, batch: Tensor<1>| {
+        running
+            .to_device(&device)
+            .mul_scalar(1.0 - norm.momentum)
+            .add(batch.mul_scalar(norm.momentum))
+            .detach()
+    };
+    norm.running_mean
+        .update(blend(norm.running_mean.value_sync(), mean));
+    norm.running_var
+        .update(blend(norm.running_var.value_sync(), variance));
+    y
 }
 
 /// `norm.forward(conv.forward(x))`, then ReLU with `relu`. At inference (no autodiff, or a frozen
@@ -598,6 +778,59 @@ mod tests {
             };
             let fused = conv_norm(&conv, &norm, relu, x.clone());
             assert!(relative_error(&fused, &reference) < 1e-5, "relu {relu}");
+        }
+    }
+
+    #[test]
+    fn training_batch_norm_equals_burns_values_gradients_and_running_statistics() {
+        use burn::nn::BatchNormConfig;
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        let ours_norm = BatchNormConfig::new(6).init(&device);
+        let reference_norm = ours_norm.clone();
+        let x = Tensor::<4>::random([3, 6, 7, 5], Distribution::Normal(0.7, 2.0), &device)
+            .require_grad();
+        let ours = batch_norm(&ours_norm, x.clone());
+        let reference = reference_norm.forward(x.clone());
+        assert!(relative_error(&ours, &reference) < 1e-4, "forward");
+        let r = Tensor::<4>::random(reference.dims(), Distribution::Default, &device);
+        let ours_grads = (ours * r.clone()).sum().backward();
+        let reference_grads = (reference * r).sum().backward();
+        let e = relative_error(
+            &x.grad(&ours_grads).unwrap(),
+            &x.grad(&reference_grads).unwrap(),
+        );
+        assert!(e < 1e-4, "x gradient off by {e}");
+        let as4 = |t: Tensor<1>| t.reshape([1, 1, 1, 6]);
+        for (name, a, b) in [
+            (
+                "gamma",
+                ours_norm.gamma.grad(&ours_grads),
+                reference_norm.gamma.grad(&reference_grads),
+            ),
+            (
+                "beta",
+                ours_norm.beta.grad(&ours_grads),
+                reference_norm.beta.grad(&reference_grads),
+            ),
+        ] {
+            let e = relative_error(&as4(a.unwrap()), &as4(b.unwrap()));
+            assert!(e < 1e-4, "{name} gradient off by {e}");
+        }
+        for (a, b) in [
+            (
+                ours_norm.running_mean.value(),
+                reference_norm.running_mean.value(),
+            ),
+            (
+                ours_norm.running_var.value(),
+                reference_norm.running_var.value(),
+            ),
+        ] {
+            assert!(
+                relative_error(&as4(a), &as4(b)) < 1e-4,
+                "running statistics"
+            );
         }
     }
 

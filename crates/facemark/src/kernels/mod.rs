@@ -9,6 +9,7 @@
 
 pub mod conv;
 mod extension;
+pub mod norm;
 pub mod upsample;
 
-pub use extension::{conv_norm, conv_transpose2d, conv2d, forward_conv, forward_up};
+pub use extension::{batch_norm, conv_norm, conv_transpose2d, conv2d, forward_conv, forward_up};
