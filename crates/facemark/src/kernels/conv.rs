@@ -212,12 +212,13 @@ fn for_each_patch_row(
     }
 }
 
-/// Unfolds one image `[C_in, H, W]` into its column matrix `[K, N]`.
-fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32]) {
-    let (n, ow) = (g.out_plane(), g.out_width());
+/// Unfolds one image `[C_in, H, W]` into its column matrix `[K, N]`, whose rows lie `ld` values
+/// apart in `col` (`N` for the image alone, `B·N` for its block of the whole batch's matrix).
+fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32], ld: usize) {
+    let ow = g.out_width();
     let [sw, pw] = [g.stride[1], g.padding[1]];
     for_each_patch_row(g, |row, oy, input_row, (lo, hi), kx| {
-        let out = &mut col[row * n + oy * ow..][..ow];
+        let out = &mut col[row * ld + oy * ow..][..ow];
         let Some(start) = input_row else {
             out.fill(0.0);
             return;
@@ -236,13 +237,14 @@ fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32]) {
     });
 }
 
-/// Folds a column matrix `[K, N]` back onto a zeroed image `[C_in, H, W]`, adding overlaps.
-fn col2im(g: &ConvGeometry, col: &[f32], image: &mut [f32]) {
-    let (n, ow) = (g.out_plane(), g.out_width());
+/// Folds a column matrix `[K, N]` (rows `ld` apart, as in [`im2col`]) back onto a zeroed image
+/// `[C_in, H, W]`, adding overlaps.
+fn col2im(g: &ConvGeometry, col: &[f32], image: &mut [f32], ld: usize) {
+    let ow = g.out_width();
     let [sw, pw] = [g.stride[1], g.padding[1]];
     for_each_patch_row(g, |row, oy, input_row, (lo, hi), kx| {
         let Some(start) = input_row else { return };
-        let src = &col[row * n + oy * ow..][..ow];
+        let src = &col[row * ld + oy * ow..][..ow];
         let dst = &mut image[start..start + g.width];
         if sw == 1 {
             let first = lo + kx - pw;
@@ -338,6 +340,9 @@ pub fn forward(
     bias: Option<&[f32]>,
     relu: bool,
 ) -> Vec<f32> {
+    if g.whole_batch() {
+        return forward_whole_batch(g, x, weight, bias, relu);
+    }
     let (k, n) = (g.patch(), g.out_plane());
     let w = Mat::row_major(g.channels_out, k);
     let cols = Mat::row_major(k, n);
@@ -355,7 +360,7 @@ pub fn forward(
             let cols_of_image: &[f32] = if g.is_pointwise() {
                 image
             } else {
-                im2col(g, image, col);
+                im2col(g, image, col, n);
                 col
             };
             let accumulate = bias.is_some();
@@ -386,6 +391,9 @@ pub fn backward(
     want_input: bool,
     want_bias: bool,
 ) -> Gradients {
+    if g.whole_batch() {
+        return backward_whole_batch(g, x, weight, dy, want_input, want_bias);
+    }
     let (k, n) = (g.patch(), g.out_plane());
     let w = Mat::row_major(g.channels_out, k);
     let dy_image = Mat::row_major(g.channels_out, n);
@@ -406,7 +414,7 @@ pub fn backward(
                 let cols_of_image: &[f32] = if g.is_pointwise() {
                     image
                 } else {
-                    im2col(g, image, col);
+                    im2col(g, image, col, n);
                     col
                 };
                 let transposed_cols = cols.transposed();
@@ -446,7 +454,7 @@ pub fn backward(
                         false,
                         parallelism,
                     );
-                    col2im(g, dcol, dx_image);
+                    col2im(g, dcol, dx_image, n);
                 }
             }
         });
@@ -459,6 +467,123 @@ pub fn backward(
         input: dx,
         weight: dw,
         bias: want_bias.then_some(db),
+    }
+}
+
+/// Images whose output has fewer pixels than this share one matrix product for the whole batch:
+/// one per image would be too thin for gemm to run at speed (ResNet's deeper stages: 28x28 and
+/// less at a 112 input).
+const WHOLE_BATCH_BELOW: usize = 1024;
+
+impl ConvGeometry {
+    fn whole_batch(&self) -> bool {
+        self.batch > 1 && self.out_plane() < WHOLE_BATCH_BELOW
+    }
+}
+
+/// The whole batch's column matrix `[K, B·N]`: image `b`'s columns at `b·N`.
+fn batch_columns(g: &ConvGeometry, x: &[f32], col: &mut [f32]) {
+    let n = g.out_plane();
+    let ld = g.batch * n;
+    for b in 0..g.batch {
+        im2col(
+            g,
+            &x[b * g.in_image()..][..g.in_image()],
+            &mut col[b * n..],
+            ld,
+        );
+    }
+}
+
+/// [`forward`] as one product `Y[C_out, B·N] = W · cols[K, B·N]`, then `Y` to `[B, C_out, N]`.
+fn forward_whole_batch(
+    g: &ConvGeometry,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
+    let (k, n, bn) = (g.patch(), g.out_plane(), g.batch * g.out_plane());
+    let mut y = vec![0.0f32; g.batch * g.out_image()];
+    with_scratch(k * bn + g.channels_out * bn, |scratch| {
+        let (col, product) = scratch.split_at_mut(k * bn);
+        batch_columns(g, x, col);
+        let (w, cols) = (Mat::row_major(g.channels_out, k), Mat::row_major(k, bn));
+        matmul(product, weight, w, col, cols, false, Parallelism::Rayon(0));
+        y.par_chunks_mut(n).enumerate().for_each(|(i, out)| {
+            let (b, co) = (i / g.channels_out, i % g.channels_out);
+            let shift = bias.map_or(0.0, |bias| bias[co]);
+            let src = &product[co * bn + b * n..][..n];
+            for (o, &v) in out.iter_mut().zip(src) {
+                let v = v + shift;
+                *o = if relu { v.max(0.0) } else { v };
+            }
+        });
+    });
+    y
+}
+
+/// [`backward`] with the whole batch's matrices: `dW = dY[C_out, B·N] · colsᵀ` and
+/// `dcols = Wᵀ · dY`, folded back image by image.
+fn backward_whole_batch(
+    g: &ConvGeometry,
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    want_input: bool,
+    want_bias: bool,
+) -> Gradients {
+    let (k, n, bn) = (g.patch(), g.out_plane(), g.batch * g.out_plane());
+    let w = Mat::row_major(g.channels_out, k);
+    let (grads, cols) = (Mat::row_major(g.channels_out, bn), Mat::row_major(k, bn));
+    let mut dw = vec![0.0f32; g.channels_out * k];
+    let mut dx = want_input.then(|| vec![0.0f32; g.batch * g.in_image()]);
+    let mut db = want_bias.then(|| vec![0.0f32; g.channels_out]);
+    with_scratch(2 * k * bn + g.channels_out * bn, |scratch| {
+        let (col, rest) = scratch.split_at_mut(k * bn);
+        let (dcol, dy_all) = rest.split_at_mut(k * bn);
+        // dY as [C_out, B·N].
+        dy_all.par_chunks_mut(bn).enumerate().for_each(|(co, row)| {
+            for b in 0..g.batch {
+                row[b * n..][..n].copy_from_slice(&dy[(b * g.channels_out + co) * n..][..n]);
+            }
+        });
+        if let Some(db) = db.as_mut() {
+            for (sum, row) in db.iter_mut().zip(dy_all.chunks(bn)) {
+                *sum = row.iter().sum();
+            }
+        }
+        batch_columns(g, x, col);
+        let all_threads = Parallelism::Rayon(0);
+        matmul(
+            &mut dw,
+            dy_all,
+            grads,
+            col,
+            cols.transposed(),
+            false,
+            all_threads,
+        );
+        if let Some(dx) = dx.as_mut() {
+            matmul(
+                dcol,
+                weight,
+                w.transposed(),
+                dy_all,
+                grads,
+                false,
+                all_threads,
+            );
+            let dcol: &[f32] = dcol;
+            dx.par_chunks_mut(g.in_image())
+                .enumerate()
+                .for_each(|(b, image)| col2im(g, &dcol[b * n..], image, bn));
+        }
+    });
+    Gradients {
+        input: dx,
+        weight: dw,
+        bias: db,
     }
 }
 

@@ -711,6 +711,9 @@ mod tests {
         check([3, 6, 7, 5], [9, 6, 1, 1], 1, 0, true);
         check([2, 6, 8, 8], [4, 6, 1, 1], 2, 0, false);
         check([1, 16, 14, 14], [32, 16, 3, 3], 1, 1, true);
+        // Images large enough for one matrix product per image (the others share one).
+        check([3, 4, 36, 36], [5, 4, 3, 3], 1, 1, false);
+        check([2, 3, 70, 66], [4, 3, 7, 7], 2, 3, true);
     }
 
     /// The same for the non-overlapping transposed convolution.
