@@ -53,6 +53,16 @@ impl Output {
         }
     }
 
+    /// The maps as figures show them: probabilities per map for log-maps, raw values for other
+    /// maps; `None` for coordinates.
+    pub fn into_maps(self) -> Option<Tensor<4>> {
+        match self {
+            Output::Coordinates(_) => None,
+            Output::Heatmaps(maps) => Some(maps),
+            Output::LogHeatmaps(logits) => Some(map_probabilities(logits)),
+        }
+    }
+
     /// The points of every face as host vectors (fractions), one `Vec` per face.
     pub fn into_point_lists(self, decoding: Decoding) -> Vec<Vec<crate::data::Point>> {
         let points = self.points(decoding);
@@ -70,6 +80,13 @@ impl Output {
             .map(|face| face.chunks(2).map(|xy| [xy[0], xy[1]]).collect())
             .collect()
     }
+}
+
+/// Each map's softmax: `[batch, K, H, W]` logits to probabilities summing to 1 per map.
+pub fn map_probabilities(logits: Tensor<4>) -> Tensor<4> {
+    let [b, k, h, w] = logits.dims();
+    let flat = logits.reshape([b * k, h * w]);
+    burn::tensor::activation::softmax(flat, 1).reshape([b, k, h, w])
 }
 
 /// Decodes `[batch, K, H, W]` maps to `[batch, K, 2]` points (fractions of the map's width and

@@ -9,7 +9,6 @@ use crate::batch::images_tensor;
 use crate::contract::InferenceContract;
 use crate::data::{Example, Point};
 use crate::dataset::{Dataset, GroundTruth};
-use crate::decode::Output;
 use crate::eval::{LandmarkMetrics, PointErrors, landmark_metrics, point_errors};
 use crate::figures::{self, Curve, FigureError, HeatmapRow, Tile};
 use crate::model::KeypointNet;
@@ -320,9 +319,7 @@ fn heatmap_rows(
 ) -> Option<Vec<HeatmapRow>> {
     let device = crate::backend::device();
     let examples: Vec<Example> = shown.iter().map(|&i| data.val[i].example.clone()).collect();
-    let Output::Heatmaps(maps) = net.forward(images_tensor(&examples, &device)) else {
-        return None;
-    };
+    let maps = net.forward(images_tensor(&examples, &device)).into_maps()?;
     let [_, k, h, w] = maps.dims();
     let values: Vec<f32> = maps
         .into_data()

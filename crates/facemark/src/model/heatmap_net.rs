@@ -3,14 +3,13 @@
 
 use burn::nn::loss::{MseLoss, Reduction};
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::unet::{UNet, UNetConfig};
 use crate::data::Example;
-use crate::decode::{Decoding, Output};
+use crate::decode::{Decoding, Output, map_probabilities};
 use crate::heatmap::{HeatmapTarget, ShapePrior, TargetKind, heatmap_cross_entropy};
 
 /// What the maps are trained with.
@@ -97,10 +96,7 @@ impl HeatmapNet {
     pub fn heatmaps(&self, images: Tensor<4>) -> Tensor<4> {
         let logits = self.logits(images);
         match self.loss {
-            HeatmapLoss::CrossEntropy => {
-                let [b, k, h, w] = logits.dims();
-                softmax(logits.reshape([b * k, h * w]), 1).reshape([b, k, h, w])
-            }
+            HeatmapLoss::CrossEntropy => map_probabilities(logits),
             HeatmapLoss::Mse => logits,
         }
     }
