@@ -82,9 +82,10 @@ pub enum Command {
     },
     /// Find landmarks in images: every face the detector finds, or in the given boxes.
     Predict {
-        /// A run directory or shipped model (default: the best shipped 68-point model).
-        #[arg(long, default_value = "heatmap")]
-        model: String,
+        /// A run directory or shipped model (default: the best shipped 68-point model, the first
+        /// of face68, heatmap, ibug68).
+        #[arg(long)]
+        model: Option<String>,
         /// Images; with --boxes, the images the XML names are used instead.
         #[arg(required_unless_present = "boxes")]
         images: Vec<PathBuf>,

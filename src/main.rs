@@ -119,6 +119,10 @@ fn run(cli: Cli) -> Result<()> {
                     .map(|path| (path, face_box.into_iter().collect()))
                     .collect(),
             };
+            let model = match model {
+                Some(model) => model,
+                None => facemark::run::default_landmark_model(&facemark::run::models_dir())?.into(),
+            };
             let mut pipeline = FacePipeline::load(&model, detector.config())?;
             pipeline.refine = detector.refine;
             let outputs = PredictOutputs { draw, pts, xml };

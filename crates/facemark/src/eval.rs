@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::Point;
+use crate::data::{Point, tight_box};
 use crate::scheme::LandmarkScheme;
 
 /// Landmark errors of a set of predictions.
@@ -147,6 +147,49 @@ pub fn landmark_metrics(
     }
 }
 
+/// Why one face's NME cannot be computed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ShapeNmeError {
+    #[error("the predicted shape has {predicted} points and the true one {truth}: they must match")]
+    CountMismatch { predicted: usize, truth: usize },
+    #[error("the shapes have no points")]
+    Empty,
+    #[error("the shapes hold a coordinate that is not a finite number")]
+    NotFinite,
+    #[error(
+        "the true shape's normalising distance ({normaliser}) is zero: its points do not span a \
+         face (a single point, or all points equal)"
+    )]
+    ZeroDistance { normaliser: String },
+}
+
+/// One face's NME as a fraction (not percent): the mean point error divided by the true shape's
+/// normalising distance. 68 points are iBUG's markup, normalised inter-ocular (outer eye corners,
+/// as `eval` reports for 300-W); any other count by the diagonal of the true points' tight box
+/// (`eval` uses the label's face box there, which a bare shape lacks). Returns the normaliser's
+/// name with the value.
+pub fn shape_nme(predicted: &[Point], truth: &[Point]) -> Result<(f64, String), ShapeNmeError> {
+    if predicted.len() != truth.len() {
+        return Err(ShapeNmeError::CountMismatch {
+            predicted: predicted.len(),
+            truth: truth.len(),
+        });
+    }
+    let finite = |shape: &[Point]| shape.iter().flatten().all(|v| v.is_finite());
+    if !finite(predicted) || !finite(truth) {
+        return Err(ShapeNmeError::NotFinite);
+    }
+    let bbox = tight_box(truth).ok_or(ShapeNmeError::Empty)?;
+    let scheme = LandmarkScheme::for_labels(truth.len(), truth);
+    let distance = scheme.normalising_distance(truth, bbox.width.hypot(bbox.height));
+    let normaliser = scheme.normaliser_name().to_string();
+    if distance <= 0.0 {
+        return Err(ShapeNmeError::ZeroDistance { normaliser });
+    }
+    let nme = per_image_nme(&[predicted.to_vec()], &[truth.to_vec()], &[distance]);
+    Ok((nme[0], normaliser))
+}
+
 /// Area under the CED curve on `[0, max_error]`, divided by `max_error` (so in `[0, 1]`; 1
 /// means every error is 0). Exact for the step function: each image with error `e <= max_error`
 /// contributes `max_error - e`. Non-finite errors count as failures. Returns 0 for no errors
@@ -218,6 +261,43 @@ mod tests {
         assert_eq!(m.failure_rate_0_08, 0.0);
         // One image at NME 0.05: the CED is 0 below 0.05 and 1 from there to 0.08.
         assert!((m.auc_0_08 - 0.375).abs() < 1e-4, "{}", m.auc_0_08);
+    }
+
+    #[test]
+    fn shape_nme_normalises_68_points_inter_ocular_and_others_by_their_diagonal() {
+        let mut truth = vec![[50.0f32, 50.0]; 68];
+        truth[36] = [0.0, 0.0];
+        truth[45] = [100.0, 0.0];
+        let predicted: Vec<Point> = truth.iter().map(|p| [p[0] + 3.0, p[1] + 4.0]).collect();
+        let (nme, normaliser) = shape_nme(&predicted, &truth).unwrap();
+        assert_eq!(normaliser, "inter_ocular");
+        assert!((nme - 0.05).abs() < 1e-6, "{nme}");
+        let metrics = landmark_metrics(&[predicted], &[truth], &LandmarkScheme::ibug68(), &[1.0]);
+        assert!(
+            (nme - metrics.per_image_nme[0]).abs() < 1e-9,
+            "eval's metric"
+        );
+
+        // Two points spanning a 30x40 box (diagonal 50), each off by 5 px: 10 %.
+        let truth = [[0.0f32, 0.0], [30.0, 40.0]];
+        let (nme, normaliser) = shape_nme(&[[3.0, 4.0], [33.0, 44.0]], &truth).unwrap();
+        assert_eq!(normaliser, "box_diagonal");
+        assert!((nme - 0.1).abs() < 1e-6, "{nme}");
+
+        let err = shape_nme(&[[0.0, 0.0]], &truth).unwrap_err();
+        assert!(
+            err.to_string().contains("1 points and the true one 2"),
+            "{err}"
+        );
+        let one = [[5.0f32, 5.0]];
+        let err = shape_nme(&one, &one).unwrap_err();
+        assert!(matches!(err, ShapeNmeError::ZeroDistance { .. }), "{err}");
+        assert_eq!(shape_nme(&[], &[]).unwrap_err(), ShapeNmeError::Empty);
+        let nan = [[f32::NAN, 0.0], [1.0, 1.0]];
+        assert_eq!(
+            shape_nme(&nan, &truth).unwrap_err(),
+            ShapeNmeError::NotFinite
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::data::images::load_photo;
 use crate::data::images::scale_points;
 use crate::data::{AnnotatedFace, DataError, Example, FaceBox, LabeledImage, Point, tight_box};
 use crate::detect::{Detection, DetectorConfig, FaceDetector};
-use crate::run::{LoadedModel, RunError, load_trained};
+use crate::run::{LoadedModel, RunError, load_trained_in, models_dir};
 
 /// A model loaded for inference on the inference device.
 pub struct Predictor {
@@ -38,10 +38,15 @@ pub struct Prediction {
 }
 
 impl Predictor {
-    /// Loads `--model NAME_OR_DIR` (see [`load_trained`]).
+    /// Loads `--model NAME_OR_DIR` (see [`crate::run::load_trained`]).
     pub fn load(name_or_dir: &str) -> Result<Self, RunError> {
+        Self::load_in(name_or_dir, &models_dir())
+    }
+
+    /// [`Predictor::load`] with shipped models looked up in `models`.
+    pub fn load_in(name_or_dir: &str, models: &Path) -> Result<Self, RunError> {
         let device = crate::backend::device();
-        let mut model = load_trained(name_or_dir, &device)?;
+        let mut model = load_trained_in(name_or_dir, models, &device)?;
         model.net = model.net.valid();
         Ok(Self { model, device })
     }
@@ -156,12 +161,36 @@ pub struct FacePipeline {
 impl FacePipeline {
     /// A pipeline around a face-box landmark model (run directory or shipped name).
     pub fn load(model: &str, detector: DetectorConfig) -> Result<Self, RunError> {
-        let landmarker = Predictor::load(model)?;
+        Self::load_in(model, &models_dir(), detector)
+    }
+
+    /// [`FacePipeline::load`] with shipped models looked up in `models`.
+    pub fn load_in(model: &str, models: &Path, detector: DetectorConfig) -> Result<Self, RunError> {
+        let landmarker = Predictor::load_in(model, models)?;
         Ok(Self {
             detector: FaceDetector::new(detector),
             landmarker,
             refine: 1,
         })
+    }
+
+    /// The faces of a decoded photo, as `facemark predict` finds them: in `boxes` when given
+    /// (checked against the photo first; no refinement), else every face the detector finds. A
+    /// whole-image model (IMM) ignores boxes and answers once for the whole photo.
+    pub fn predict(
+        &self,
+        gray: &GrayImage,
+        boxes: Option<&[FaceBox]>,
+        source: &Path,
+    ) -> Result<Vec<Prediction>, DataError> {
+        match boxes {
+            None if self.landmarker.needs_face_box() => Ok(self.run(gray, source)),
+            None => Ok(self.landmarker.predict_gray(gray, &[], source)),
+            Some(boxes) => {
+                check_boxes(gray, boxes, source)?;
+                Ok(self.landmarker.predict_gray(gray, boxes, source))
+            }
+        }
     }
 
     /// Every face of a decoded photo with its points (one batched landmark pass per refinement).
@@ -373,14 +402,14 @@ pub fn predict_jobs(
             }
         };
         let gray = photo.to_luma8();
-        let found = if boxes.is_empty() && pipeline.landmarker.needs_face_box() {
-            pipeline.run(&gray, path)
-        } else {
-            if let Err(e) = check_boxes(&gray, boxes, path) {
+        // A job without boxes asks the detector.
+        let given = (!boxes.is_empty()).then_some(boxes.as_slice());
+        let found = match pipeline.predict(&gray, given, path) {
+            Ok(found) => found,
+            Err(e) => {
                 failures.push(e);
                 continue;
             }
-            pipeline.landmarker.predict_gray(&gray, boxes, path)
         };
         let name = path
             .file_stem()
