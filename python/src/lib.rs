@@ -147,7 +147,7 @@ impl ImageInput {
 /// Copies a numpy image (any strides) into an image buffer, refusing what is not one.
 fn pixels_from_array(array: &Bound<'_, PyUntypedArray>, name: &str) -> PyResult<Pixels> {
     let shape = array.shape().to_vec();
-    let shape_text = format!("{shape:?}").replace('[', "(").replace(']', ")");
+    let shape_text = python_shape(&shape);
     let dtype = array.dtype();
     if !dtype.is_equiv_to(&numpy::dtype::<u8>(array.py())) {
         return Err(PyValueError::new_err(format!(
@@ -202,6 +202,21 @@ fn pixels_from_array(array: &Bound<'_, PyUntypedArray>, name: &str) -> PyResult<
     })
 }
 
+/// A shape as Python prints it: `(50,)`, `(480, 640, 3)`.
+fn python_shape(shape: &[usize]) -> String {
+    match shape {
+        [single] => format!("({single},)"),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 fn points_array<'py>(py: Python<'py>, points: &[Point]) -> Bound<'py, PyArray2<f32>> {
     let flat: Vec<f32> = points.iter().flatten().copied().collect();
     let array =
@@ -220,7 +235,7 @@ fn points_from_python(points: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<Poi
     if !matches!(shape[..], [_, 2]) {
         return Err(PyValueError::new_err(format!(
             "{what}: expected an (N, 2) array of points, got shape {}",
-            format!("{shape:?}").replace('[', "(").replace(']', ")")
+            python_shape(&shape)
         )));
     }
     let view = array.try_readonly()?;
