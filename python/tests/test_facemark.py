@@ -222,3 +222,16 @@ def test_a_malformed_pts_file_names_its_file_and_line(tmp_path):
     pts.write_text("version: 1\nn_points: 2\n{\n10 20\n30 forty\n}\n")
     with pytest.raises(ValueError, match=r"face\.pts:5: .*y is not a finite number"):
         facemark.read_pts(pts)
+
+
+def test_the_readme_example_draws_the_points(data, tmp_path, monkeypatch):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    python_section = readme.split("\n## Python\n", 1)[1]
+    example = python_section.split("```python\n", 1)[1].split("```", 1)[0]
+    photo = data / "dlib_example_faces" / "2008_002506.jpg"
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example.replace('"photo.jpg"', repr(str(photo))), "README.md", "exec"), {})
+    drawn = np.asarray(Image.open(tmp_path / "landmarks.png"))
+    original = np.asarray(Image.open(photo).convert("RGB"))
+    red = (drawn == (255, 40, 40)).all(axis=2) & ~(original == (255, 40, 40)).all(axis=2)
+    assert red.sum() > 3 * 68 * 4, "points drawn for the three faces"

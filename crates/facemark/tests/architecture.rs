@@ -70,3 +70,15 @@ fn the_library_does_not_parse_command_lines() {
         "clap belongs to the facemark binary"
     );
 }
+
+#[test]
+fn the_library_knows_nothing_of_python() {
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    for binding in ["pyo3", "numpy"] {
+        assert!(
+            !manifest.contains(binding),
+            "{binding} belongs to the Python extension (python/)"
+        );
+    }
+}
