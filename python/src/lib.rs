@@ -27,10 +27,6 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
-// The facemark command's allocator: burn allocates and frees large buffers every pass.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// A face box `(left, top, width, height)` in pixels, as Python sees it.
 type BoxTuple = (f32, f32, f32, f32);
 
