@@ -173,7 +173,7 @@ pub enum Command {
 #[derive(Args, Clone, Copy)]
 pub struct DetectorArgs {
     /// Smallest face looked for, in pixels of the photo (smaller is slower).
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = 40)]
     pub min_face: u32,
     /// Landmark passes from the first pass's own landmark box (0: the detector's box only).
     #[arg(long, default_value_t = 1)]

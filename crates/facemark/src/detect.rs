@@ -3,9 +3,23 @@
 //! VIPL/ICT CAS; copied from the rustface 0.1.7 package into `models/detector/`) compiled into the
 //! library, so nothing is read or downloaded at run time. Chosen by measurement: see
 //! results/detector.md.
+//!
+//! rustface scans one image with a 40-pixel window over a pyramid of bilinear copies (each 0.8 of
+//! the one before), then its SURF-MLP stages re-score and refine the surviving windows, and a last
+//! non-maximum suppression merges overlapping boxes, adding their scores. facemark builds the
+//! pyramid itself instead (one scaled copy of the photo, then each level resampled from it with
+//! the same bilinear rule as rustface's) and hands every level to rustface as an image of its own,
+//! scanned at that one scale; the levels are shared between rayon's threads, largest first, and
+//! their boxes are merged across levels as rustface merges them (overlap above 0.3: one box, the
+//! surest, scoring the sum), before the score threshold. rustface is built without its own rayon
+//! loops (one per neuron of its MLP: thread wake-ups cost more than they save).
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use image::GrayImage;
-use image::imageops::{self, FilterType};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::data::FaceBox;
@@ -13,31 +27,36 @@ use crate::data::FaceBox;
 /// The SeetaFace frontal model, built in.
 static SEETA_FRONTAL: &[u8] = include_bytes!("../../../models/detector/seeta_fd_frontal_v1.0.bin");
 
-/// The cascade's smallest window in pixels of the image it scans.
-const WINDOW: u32 = 20;
+/// The cascade's window in pixels of the image it scans (rustface's `K_WND_SIZE`; its
+/// `set_min_face_size` is not used by its detector).
+const WINDOW: u32 = 40;
+
+/// Boxes of different pyramid levels overlapping more than this are one face (rustface's last
+/// non-maximum suppression).
+const MERGE_IOU: f32 = 0.3;
 
 /// How faces are searched.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DetectorConfig {
-    /// Smallest face looked for, in pixels of the photo (the photo is scaled so that such a face
-    /// fills the cascade's 20-pixel window).
+    /// Smallest face looked for, in pixels of the photo: the photo is scaled so that such a face
+    /// fills the cascade's 40-pixel window (40: the photo as it is).
     pub min_face: u32,
     /// Longest side of the copy that is scanned: larger photos are scanned on a scaled copy.
     pub max_side: u32,
-    /// Detections scoring below this are dropped (the cascade's own score; 2.0 as in rustface's
-    /// example).
+    /// Faces scoring below this are dropped (the cascade's own score, summed over the boxes
+    /// merged into the face; 2.0 as in rustface's example).
     pub score_threshold: f64,
     /// Ratio between the sizes of adjacent pyramid levels.
     pub pyramid_scale: f32,
-    /// Sliding-window step in pixels.
+    /// Sliding-window step in pixels of each level.
     pub step: u32,
 }
 
 impl Default for DetectorConfig {
     fn default() -> Self {
         Self {
-            min_face: 24,
+            min_face: 40,
             max_side: 1024,
             score_threshold: 2.0,
             pyramid_scale: 0.8,
@@ -60,30 +79,31 @@ fn box_as_array<S: serde::Serializer>(b: &FaceBox, s: S) -> Result<S::Ok, S::Err
     [b.left, b.top, b.width, b.height].serialize(s)
 }
 
-/// The face detector. It holds the parsed model and builds the cascade (whose scratch state is
-/// not `Send`) for each photo, so one detector can be shared between threads.
-#[derive(Clone)]
+/// The built-in model, parsed once.
+fn builtin_model() -> &'static rustface::Model {
+    static MODEL: OnceLock<rustface::Model> = OnceLock::new();
+    // The built-in model is known good: a failure here is a broken build, not user input.
+    MODEL.get_or_init(|| {
+        rustface::read_model(SEETA_FRONTAL)
+            .unwrap_or_else(|e| unreachable!("the built-in SeetaFace model reads: {e}"))
+    })
+}
+
+thread_local! {
+    /// Each thread's cascade (its scratch buffers are not `Send`), built once from the model.
+    static CASCADE: RefCell<Option<Box<dyn rustface::Detector>>> = const { RefCell::new(None) };
+}
+
+/// The face detector: a configuration over the built-in model. It holds no cascade (each thread
+/// keeps its own), so one detector can be shared between threads and costs nothing to make.
+#[derive(Debug, Clone)]
 pub struct FaceDetector {
-    model: rustface::Model,
     config: DetectorConfig,
 }
 
 impl FaceDetector {
     pub fn new(config: DetectorConfig) -> Self {
-        // The built-in model is known good: a failure here is a broken build, not user input.
-        let model = rustface::read_model(SEETA_FRONTAL)
-            .unwrap_or_else(|e| unreachable!("the built-in SeetaFace model reads: {e}"));
-        Self { model, config }
-    }
-
-    fn cascade(&self) -> Box<dyn rustface::Detector> {
-        let config = &self.config;
-        let mut cascade = rustface::create_detector_with_model(self.model.clone());
-        cascade.set_min_face_size(WINDOW);
-        cascade.set_score_thresh(config.score_threshold.max(1e-6));
-        cascade.set_pyramid_scale_factor(config.pyramid_scale.clamp(0.1, 0.99));
-        cascade.set_slide_window_step(config.step.max(1), config.step.max(1));
-        cascade
+        Self { config }
     }
 
     pub fn config(&self) -> &DetectorConfig {
@@ -98,6 +118,26 @@ impl FaceDetector {
         for_faces.min(for_size)
     }
 
+    /// The pyramid levels of a `width` x `height` scanned copy, largest first: as rustface's
+    /// pyramid, each level's size is the copy's times the running product of `pyramid_scale`,
+    /// truncated, down to the last level that still holds a window.
+    pub fn pyramid(&self, width: u32, height: u32) -> Vec<(u32, u32)> {
+        let factor = self.config.pyramid_scale.clamp(0.1, 0.99);
+        let mut levels = Vec::new();
+        let mut scale = 1.0f32;
+        loop {
+            let (w, h) = (
+                (width as f32 * scale) as u32,
+                (height as f32 * scale) as u32,
+            );
+            if w < WINDOW || h < WINDOW {
+                return levels;
+            }
+            levels.push((w, h));
+            scale *= factor;
+        }
+    }
+
     /// Every face in `gray`, surest first, in the photo's pixels.
     pub fn detect(&self, gray: &GrayImage) -> Vec<Detection> {
         let (w, h) = gray.dimensions();
@@ -106,20 +146,93 @@ impl FaceDetector {
             ((w as f32 * scale).round() as u32).max(1),
             ((h as f32 * scale).round() as u32).max(1),
         );
-        // The cascade cannot scan an image smaller than its window (it would panic).
-        if sw < WINDOW || sh < WINDOW {
+        let levels = self.pyramid(sw, sh);
+        if levels.is_empty() {
             return Vec::new();
         }
-        let scanned = if (sw, sh) == (w, h) {
-            gray.clone()
+        let scaled;
+        let base = if (sw, sh) == (w, h) {
+            gray
         } else {
-            imageops::resize(gray, sw, sh, FilterType::Triangle)
+            scaled = scale_to(gray, sw, sh);
+            &scaled
         };
-        let data = rustface::ImageData::new(scanned.as_raw(), sw, sh);
+        let groups = level_groups(&levels);
+        // Groups go to whichever thread is free, largest first, so the threads end together.
+        let next = AtomicUsize::new(0);
+        let workers = rayon::current_num_threads().clamp(1, groups.len());
+        let mut per_group: Vec<(usize, Vec<Detection>)> = (0..workers)
+            .into_par_iter()
+            .flat_map_iter(|_| {
+                let mut mine = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(group) = groups.get(i) else {
+                        return mine;
+                    };
+                    mine.push((i, self.scan_levels(base, levels[group.start], group.len)));
+                }
+            })
+            .collect();
+        per_group.sort_by_key(|(i, _)| *i);
+        let found = per_group.into_iter().flat_map(|(_, faces)| faces).collect();
         let (fx, fy) = (w as f32 / sw as f32, h as f32 / sh as f32);
-        let mut found: Vec<Detection> = self
-            .cascade()
-            .detect(&data)
+        merge_overlapping(found, MERGE_IOU)
+            .into_iter()
+            .filter(|d| d.score as f64 >= self.config.score_threshold)
+            .map(|d| Detection {
+                bbox: FaceBox {
+                    left: d.bbox.left * fx,
+                    top: d.bbox.top * fy,
+                    width: d.bbox.width * fx,
+                    height: d.bbox.height * fy,
+                },
+                score: d.score,
+            })
+            .collect()
+    }
+
+    /// The faces rustface finds in `base` resampled to `size` (a pyramid level) and the `count`
+    /// levels from there (`None`: all the smaller levels), with no score threshold, in `base`'s
+    /// pixels. rustface builds those levels itself and re-scores its candidates in the copy it
+    /// was given, so the largest level of the group sets the resolution of its boxes.
+    fn scan_levels(
+        &self,
+        base: &GrayImage,
+        (w, h): (u32, u32),
+        count: Option<usize>,
+    ) -> Vec<Detection> {
+        let resampled;
+        let level = if (w, h) == base.dimensions() {
+            base
+        } else {
+            resampled = bilinear(base, w, h);
+            &resampled
+        };
+        let factor = self.config.pyramid_scale.clamp(0.1, 0.99);
+        // rustface scans the scales down to WINDOW / max face (0: no limit); half a level past
+        // the last one wanted keeps rounding away from the limit.
+        let max_face = count.map_or(0, |n| {
+            (WINDOW as f32 / factor.powf(n as f32 - 0.5)).floor() as u32
+        });
+        let faces = CASCADE.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let cascade = cell.get_or_insert_with(|| {
+                rustface::create_detector_with_model(builtin_model().clone())
+            });
+            let step = self.config.step.max(1);
+            cascade.set_slide_window_step(step, step);
+            cascade.set_pyramid_scale_factor(factor);
+            cascade.set_max_face_size(max_face);
+            // Thresholded after merging across groups (rustface refuses 0).
+            cascade.set_score_thresh(f64::MIN_POSITIVE);
+            cascade.detect(&rustface::ImageData::new(level.as_raw(), w, h))
+        });
+        let (fx, fy) = (
+            base.width() as f32 / w as f32,
+            base.height() as f32 / h as f32,
+        );
+        faces
             .into_iter()
             .map(|face| {
                 let r = face.bbox();
@@ -133,10 +246,127 @@ impl FaceDetector {
                     score: face.score() as f32,
                 }
             })
-            .collect();
-        found.sort_by(|a, b| b.score.total_cmp(&a.score));
-        found
+            .collect()
     }
+}
+
+/// Consecutive pyramid levels scanned together: `len` levels from `start` (`None`: all the rest).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct LevelGroup {
+    start: usize,
+    len: Option<usize>,
+}
+
+/// The pyramid split: the largest levels alone while the levels below them still hold more than
+/// a third of the pixels, then the rest together (a level's work goes with its pixels). With
+/// levels 0.8 apart that is 0.36, 0.23, 0.15 and 0.26 of the work, which two threads share
+/// within a few per cent. The split does not depend on the number of threads, so neither do the
+/// faces found.
+fn level_groups(levels: &[(u32, u32)]) -> Vec<LevelGroup> {
+    let pixels: Vec<f64> = levels.iter().map(|&(w, h)| w as f64 * h as f64).collect();
+    let total: f64 = pixels.iter().sum();
+    let mut groups = Vec::new();
+    let mut start = 0;
+    while start + 1 < levels.len() && pixels[start + 1..].iter().sum::<f64>() > total / 3.0 {
+        groups.push(LevelGroup {
+            start,
+            len: Some(1),
+        });
+        start += 1;
+    }
+    groups.push(LevelGroup { start, len: None });
+    groups
+}
+
+/// Non-maximum suppression as rustface's: surest first, each box absorbs the later boxes that
+/// overlap it by more than `min_iou` and scores the sum of their scores. Sorted surest first;
+/// ties keep the input order.
+pub fn merge_overlapping(mut boxes: Vec<Detection>, min_iou: f32) -> Vec<Detection> {
+    boxes.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut merged = vec![false; boxes.len()];
+    let mut kept = Vec::new();
+    for i in 0..boxes.len() {
+        if merged[i] {
+            continue;
+        }
+        let mut face = boxes[i];
+        for j in i + 1..boxes.len() {
+            if !merged[j] && iou(&boxes[i].bbox, &boxes[j].bbox) > min_iou {
+                merged[j] = true;
+                face.score += boxes[j].score;
+            }
+        }
+        kept.push(face);
+    }
+    kept.sort_by(|a, b| b.score.total_cmp(&a.score));
+    kept
+}
+
+/// `src` resampled to `width` x `height` with rustface's bilinear rule (source position
+/// `x * src_width / width`, no half-pixel shift, truncated to u8), which its pyramid levels and
+/// the model's training used. Both images must be at least 2 x 2.
+fn bilinear(src: &GrayImage, width: u32, height: u32) -> GrayImage {
+    let (sw, sh) = (src.width() as usize, src.height() as usize);
+    let taps = |from: usize, to: u32| -> Vec<(usize, f32)> {
+        let ratio = from as f64 / to as f64;
+        (0..to)
+            .map(|i| {
+                let at = ratio * i as f64;
+                let n = (at as usize).min(from - 2);
+                (n, (at - n as f64) as f32)
+            })
+            .collect()
+    };
+    let (xs, ys) = (taps(sw, width), taps(sh, height));
+    let raw = src.as_raw();
+    let mut out = Vec::with_capacity(width as usize * height as usize);
+    let mut row = vec![0f32; sw];
+    for &(n, wy) in &ys {
+        let (r0, r1) = (&raw[n * sw..(n + 1) * sw], &raw[(n + 1) * sw..(n + 2) * sw]);
+        for ((v, &a), &b) in row.iter_mut().zip(r0).zip(r1) {
+            *v = (1.0 - wy) * a as f32 + wy * b as f32;
+        }
+        out.extend(
+            xs.iter()
+                .map(|&(n, wx)| ((1.0 - wx) * row[n] + wx * row[n + 1]) as u8),
+        );
+    }
+    GrayImage::from_raw(width, height, out).unwrap_or_else(|| unreachable!("sized above"))
+}
+
+/// `src` at `width` x `height` for scanning: halved by 2x2 averages while the target is at most
+/// half the size (so a large photo's pixels are all used, not skipped), then bilinear.
+fn scale_to(src: &GrayImage, width: u32, height: u32) -> GrayImage {
+    let mut halved: Option<GrayImage> = None;
+    loop {
+        let at = halved.as_ref().unwrap_or(src);
+        if at.width() < 2 * width.max(1) || at.height() < 2 * height.max(1) {
+            break;
+        }
+        halved = Some(halve(at));
+    }
+    let at = halved.as_ref().unwrap_or(src);
+    if at.dimensions() == (width, height) {
+        at.clone()
+    } else {
+        bilinear(at, width, height)
+    }
+}
+
+/// 2x2 block averages (an odd last row or column is dropped).
+fn halve(src: &GrayImage) -> GrayImage {
+    let (w, h) = (src.width() / 2, src.height() / 2);
+    let (sw, raw) = (src.width() as usize, src.as_raw());
+    let mut out = Vec::with_capacity(w as usize * h as usize);
+    for y in 0..h as usize {
+        let (r0, r1) = (&raw[2 * y * sw..], &raw[(2 * y + 1) * sw..]);
+        out.extend((0..w as usize).map(|x| {
+            let sum =
+                r0[2 * x] as u16 + r0[2 * x + 1] as u16 + r1[2 * x] as u16 + r1[2 * x + 1] as u16;
+            ((sum + 2) / 4) as u8
+        }));
+    }
+    GrayImage::from_raw(w, h, out).unwrap_or_else(|| unreachable!("sized above"))
 }
 
 /// Intersection over union of two boxes (0 when either is empty).
