@@ -993,7 +993,8 @@ fn own_detector_finds_the_test_faces_and_the_pipeline_meets_its_bar() {
     assert_eq!(eval["missed"].as_u64().unwrap() + detected, 224);
 }
 
-/// dlib's small example faces (37-100 px boxes) are found by the detector alone.
+/// dlib's small example faces (37-100 px boxes) are all found by the detector alone at the
+/// default --min-face 40 (as dlib's HOG detector finds them when upsampling once).
 #[test]
 fn detector_finds_the_small_faces_of_dlibs_testing_photos() {
     let Some(data) = data_dir() else { return };
@@ -1002,7 +1003,7 @@ fn detector_finds_the_small_faces_of_dlibs_testing_photos() {
     assert!(out.status.success(), "{}", stderr(&out));
     let recall: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(recall["count"], 25);
-    assert!(recall["recall"].as_f64().unwrap() >= 0.85, "{recall}");
+    assert_eq!(recall["detected"], 25, "{recall}");
 }
 
 /// `predict` with no box: the face is found, its points land on it, and the outputs are written;
