@@ -175,6 +175,15 @@ pub struct DetectorArgs {
     /// Smallest face looked for, in pixels of the photo (smaller is slower).
     #[arg(long, default_value_t = 40)]
     pub min_face: u32,
+    /// Detector: sliding-window step in pixels of each pyramid level (smaller is slower).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=40))]
+    pub step: u32,
+    /// Detector: size ratio of adjacent pyramid levels (closer to 1 is slower).
+    #[arg(long, default_value_t = 0.8, value_parser = parse_pyramid_scale)]
+    pub pyramid_scale: f32,
+    /// Detector: faces scoring below this are dropped.
+    #[arg(long, default_value_t = 2.0, value_parser = parse_score_threshold)]
+    pub score_threshold: f64,
     /// Landmark passes from the first pass's own landmark box (0: the detector's box only).
     #[arg(long, default_value_t = 1)]
     pub refine: usize,
@@ -184,8 +193,25 @@ impl DetectorArgs {
     pub fn config(&self) -> facemark::detect::DetectorConfig {
         facemark::detect::DetectorConfig {
             min_face: self.min_face.max(1),
+            step: self.step,
+            pyramid_scale: self.pyramid_scale,
+            score_threshold: self.score_threshold,
             ..Default::default()
         }
+    }
+}
+
+fn parse_pyramid_scale(text: &str) -> Result<f32, String> {
+    match text.trim().parse::<f32>() {
+        Ok(v) if (0.5..=0.95).contains(&v) => Ok(v),
+        _ => Err("expected a ratio from 0.5 to 0.95".into()),
+    }
+}
+
+fn parse_score_threshold(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err("expected a positive number".into()),
     }
 }
 
@@ -408,6 +434,48 @@ mod tests {
         assert!(parse_box("0,0,-5,50").is_err());
         assert!(parse_box("1,2,3").is_err());
         assert_eq!(parse_box(" -5,-6, 7,8").unwrap().left, -5.0);
+    }
+
+    /// The detector flags reach the detector's settings; the defaults are the library's.
+    #[test]
+    fn detector_flags_set_the_detector() {
+        let detect = |flags: &[&str]| {
+            let mut argv = vec!["facemark", "detect", "x.jpg"];
+            argv.extend(flags);
+            Cli::try_parse_from(&argv).map(|cli| match cli.command {
+                Command::Detect { detector, .. } => detector.config(),
+                _ => panic!("detect"),
+            })
+        };
+        assert_eq!(
+            detect(&[]).unwrap(),
+            facemark::detect::DetectorConfig::default()
+        );
+        let config = detect(&[
+            "--min-face",
+            "24",
+            "--step",
+            "2",
+            "--pyramid-scale",
+            "0.75",
+            "--score-threshold",
+            "1.5",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                config.min_face,
+                config.step,
+                config.pyramid_scale,
+                config.score_threshold
+            ),
+            (24, 2, 0.75, 1.5)
+        );
+        assert!(detect(&["--step", "0"]).is_err());
+        assert!(detect(&["--pyramid-scale", "1"]).is_err());
+        assert!(detect(&["--pyramid-scale", "0.3"]).is_err());
+        assert!(detect(&["--score-threshold", "0"]).is_err());
+        assert!(detect(&["--score-threshold", "nan"]).is_err());
     }
 
     #[test]
