@@ -213,11 +213,15 @@ impl FaceDetector {
             &resampled
         };
         let factor = self.config.pyramid_scale.clamp(0.1, 0.99);
-        // rustface scans the scales down to WINDOW / max face (0: no limit); half a level past
-        // the last one wanted keeps rounding away from the limit.
-        let max_face = count.map_or(0, |n| {
-            (WINDOW as f32 / factor.powf(n as f32 - 0.5)).floor() as u32
-        });
+        // rustface scans the scales down to WINDOW / max face. For `count` levels, half a level
+        // past the last one keeps rounding away from the limit. For all of them, one pixel less
+        // than the shorter side: with the side itself, a scale that passes its limit by a
+        // rounding error gives a level one pixel narrower than the window, which rustface does
+        // not check for (its window loop's bound would wrap around).
+        let max_face = match count {
+            Some(n) => (WINDOW as f32 / factor.powf(n as f32 - 0.5)).floor() as u32,
+            None => (w.min(h) - 1).max(WINDOW),
+        };
         let faces = CASCADE.with(|cell| {
             let mut cell = cell.borrow_mut();
             let cascade = cell.get_or_insert_with(|| {
@@ -634,5 +638,13 @@ mod tests {
         let detector = FaceDetector::new(DetectorConfig::default());
         assert!(detector.detect(&GrayImage::new(200, 150)).is_empty());
         assert!(detector.detect(&GrayImage::new(5, 5)).is_empty());
+        // Pyramids ending at (or a rounding error from) the window: no level narrower than it.
+        let texture =
+            |w, h| GrayImage::from_fn(w, h, |x, y| image::Luma([((x * 31) ^ (y * 17)) as u8]));
+        for side in (39..=130).chain([250, 253, 512]) {
+            for (w, h) in [(side, side), (side, 3 * side / 2), (5 * side / 3, side)] {
+                detector.detect(&texture(w, h));
+            }
+        }
     }
 }
