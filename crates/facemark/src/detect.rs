@@ -8,13 +8,13 @@
 //! the one before), then its SURF-MLP stages re-score and refine the surviving windows, and a last
 //! non-maximum suppression merges overlapping boxes, adding their scores. facemark builds the
 //! pyramid itself instead (one scaled copy of the photo, then levels resampled from it with the
-//! same bilinear rule as rustface's) and splits it: the two largest levels go to rustface as images
-//! of their own, each scanned at its one scale, and the third level as an image scanned from
-//! there down (rustface building the smaller levels). The groups are shared between rayon's
-//! threads, largest first, and their boxes are merged as one rustface run would have merged them (near-duplicates
-//! of different groups counted once, then overlap above 0.3: one box, the surest, scoring the
-//! sum), before the score threshold. rustface is built without its own rayon loops (one per
-//! neuron of its MLP: thread wake-ups cost more than they save).
+//! same bilinear rule as rustface's) and splits it: with levels 0.8 apart, the two largest go to
+//! rustface as images of their own, each scanned at its one scale, and the third as an image
+//! scanned from there down (rustface building the smaller levels). The groups are shared between
+//! rayon's threads, largest first, and their boxes are merged as one rustface run would have
+//! merged them (near-duplicates of different groups counted once, then overlap above 0.3: one
+//! box, the surest, scoring the sum), before the score threshold. rustface is built without its
+//! own rayon loops (one per neuron of its MLP: thread wake-ups cost more than they save).
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
