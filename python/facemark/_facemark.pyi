@@ -52,12 +52,16 @@ class Landmarker:
 
     `model` is a shipped model's name (`facemark.shipped_models()`) or a training run's directory;
     None loads the best shipped 68-point model. `min_face` is the smallest face looked for, in
-    pixels; `refine` the landmark passes from the first pass's own tight box (as the command's
+    pixels (None: the detector's default, 40, as the command's); `refine` the landmark passes from the first pass's own tight box (as the command's
     `--min-face` and `--refine`). The GIL is released while facemark computes.
     """
 
     def __init__(
-        self, model: str | os.PathLike[str] | None = None, *, min_face: int = 24, refine: int = 1
+        self,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        min_face: int | None = None,
+        refine: int = 1,
     ) -> None: ...
     @property
     def model(self) -> str:

@@ -339,11 +339,18 @@ struct Landmarker {
 #[pymethods]
 impl Landmarker {
     /// `model`: a shipped model's name or a run directory (default: the best shipped 68-point
-    /// model); `min_face`: the smallest face looked for, in pixels; `refine`: landmark passes from
-    /// the first pass's tight box (as `facemark predict --min-face --refine`).
+    /// model); `min_face`: the smallest face looked for, in pixels (default: the detector's,
+    /// as `facemark predict`); `refine`: landmark passes from the first pass's tight box (as
+    /// `facemark predict --min-face --refine`).
     #[new]
-    #[pyo3(signature = (model=None, *, min_face=24, refine=1))]
-    fn new(py: Python<'_>, model: Option<PathBuf>, min_face: u32, refine: usize) -> PyResult<Self> {
+    #[pyo3(signature = (model=None, *, min_face=None, refine=1))]
+    fn new(
+        py: Python<'_>,
+        model: Option<PathBuf>,
+        min_face: Option<u32>,
+        refine: usize,
+    ) -> PyResult<Self> {
+        let min_face = min_face.unwrap_or(DetectorConfig::default().min_face);
         let models_dir = package_models_dir(py)?;
         let model = match model {
             Some(path) => path
