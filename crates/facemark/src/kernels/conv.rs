@@ -237,6 +237,17 @@ fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32], ld: usize) {
     });
 }
 
+/// The image's column matrix `[K, N]`: the image itself for a pointwise convolution, else its
+/// unfolding into `col`.
+fn image_columns<'a>(g: &ConvGeometry, image: &'a [f32], col: &'a mut [f32]) -> &'a [f32] {
+    if g.is_pointwise() {
+        image
+    } else {
+        im2col(g, image, col, g.out_plane());
+        col
+    }
+}
+
 /// Folds a column matrix `[K, N]` (rows `ld` apart, as in [`im2col`]) back onto a zeroed image
 /// `[C_in, H, W]`, adding overlaps.
 fn col2im(g: &ConvGeometry, col: &[f32], image: &mut [f32], ld: usize) {
@@ -357,12 +368,7 @@ pub fn forward(
         }
         let scratch = if g.is_pointwise() { 0 } else { k * n };
         with_scratch(scratch, |col| {
-            let cols_of_image: &[f32] = if g.is_pointwise() {
-                image
-            } else {
-                im2col(g, image, col, n);
-                col
-            };
+            let cols_of_image = image_columns(g, image, col);
             let accumulate = bias.is_some();
             matmul(out, weight, w, cols_of_image, cols, accumulate, parallelism);
         });
@@ -411,12 +417,7 @@ pub fn backward(
             for (i, b) in images.enumerate() {
                 let image = &x[b * g.in_image()..][..g.in_image()];
                 let grad = &dy[b * g.out_image()..][..g.out_image()];
-                let cols_of_image: &[f32] = if g.is_pointwise() {
-                    image
-                } else {
-                    im2col(g, image, col, n);
-                    col
-                };
+                let cols_of_image = image_columns(g, image, col);
                 let transposed_cols = cols.transposed();
                 matmul(
                     &mut dw,

@@ -682,25 +682,38 @@ mod tests {
         let case = format!("x {x_shape:?} w {w_shape:?} stride {stride} pad {padding} bias {bias}");
         assert!(relative_error(&ours, &reference) < 1e-4, "forward: {case}");
 
-        let r = Tensor::<4>::random(reference.dims(), uniform, &device);
-        let ours_grads = (ours * r.clone()).sum().backward();
-        let reference_grads = (reference * r).sum().backward();
-        for (name, a, b) in [
-            ("x", x.grad(&ours_grads), x.grad(&reference_grads)),
-            ("weight", w.grad(&ours_grads), w.grad(&reference_grads)),
-        ] {
-            let (a, b) = (a.expect("gradient"), b.expect("gradient"));
-            let e = relative_error(&a, &b);
-            assert!(e < 1e-4, "{name} gradient off by {e}: {case}");
-        }
+        let [ours, reference] = backward_both(ours, reference);
+        assert_close(
+            &format!("x gradient, {case}"),
+            x.grad(&ours),
+            x.grad(&reference),
+        );
+        assert_close(
+            &format!("weight gradient, {case}"),
+            w.grad(&ours),
+            w.grad(&reference),
+        );
         if let Some(b) = b {
-            let a = b.grad(&ours_grads).unwrap().reshape([1, 1, 1, w_shape[0]]);
-            let r = b
-                .grad(&reference_grads)
-                .unwrap()
-                .reshape([1, 1, 1, w_shape[0]]);
-            assert!(relative_error(&a, &r) < 1e-4, "bias gradient: {case}");
+            let as4 = |t: Option<Tensor<1>>| t.map(|t| t.reshape([1, 1, 1, w_shape[0]]));
+            let (a, r) = (as4(b.grad(&ours)), as4(b.grad(&reference)));
+            assert_close(&format!("bias gradient, {case}"), a, r);
         }
+    }
+
+    /// The gradients of the same random weighting of both outputs.
+    fn backward_both(ours: Tensor<4>, reference: Tensor<4>) -> [burn::tensor::Gradients; 2] {
+        let uniform = Distribution::Uniform(-1.0, 1.0);
+        let r = Tensor::<4>::random(reference.dims(), uniform, &reference.device());
+        [
+            (ours * r.clone()).sum().backward(),
+            (reference * r).sum().backward(),
+        ]
+    }
+
+    /// Two gradients agree within 1e-4 of the reference's largest magnitude.
+    fn assert_close(what: &str, ours: Option<Tensor<4>>, reference: Option<Tensor<4>>) {
+        let e = relative_error(&ours.expect("gradient"), &reference.expect("gradient"));
+        assert!(e < 1e-4, "{what} off by {e}");
     }
 
     #[test]
@@ -731,16 +744,17 @@ mod tests {
             burn::tensor::module::conv_transpose2d(x.clone(), w.clone(), b.clone(), options);
         let case = format!("x {x_shape:?} w {w_shape:?} bias {bias}");
         assert!(relative_error(&ours, &reference) < 1e-4, "forward: {case}");
-        let r = Tensor::<4>::random(reference.dims(), uniform, &device);
-        let ours_grads = (ours * r.clone()).sum().backward();
-        let reference_grads = (reference * r).sum().backward();
-        for (name, a, b) in [
-            ("x", x.grad(&ours_grads), x.grad(&reference_grads)),
-            ("weight", w.grad(&ours_grads), w.grad(&reference_grads)),
-        ] {
-            let e = relative_error(&a.expect("gradient"), &b.expect("gradient"));
-            assert!(e < 1e-4, "{name} gradient off by {e}: {case}");
-        }
+        let [ours, reference] = backward_both(ours, reference);
+        assert_close(
+            &format!("x gradient, {case}"),
+            x.grad(&ours),
+            x.grad(&reference),
+        );
+        assert_close(
+            &format!("weight gradient, {case}"),
+            w.grad(&ours),
+            w.grad(&reference),
+        );
     }
 
     #[test]
@@ -796,30 +810,15 @@ mod tests {
         let ours = batch_norm(&ours_norm, x.clone());
         let reference = reference_norm.forward(x.clone());
         assert!(relative_error(&ours, &reference) < 1e-4, "forward");
-        let r = Tensor::<4>::random(reference.dims(), Distribution::Default, &device);
-        let ours_grads = (ours * r.clone()).sum().backward();
-        let reference_grads = (reference * r).sum().backward();
-        let e = relative_error(
-            &x.grad(&ours_grads).unwrap(),
-            &x.grad(&reference_grads).unwrap(),
-        );
-        assert!(e < 1e-4, "x gradient off by {e}");
+        let [ours, reference] = backward_both(ours, reference);
+        assert_close("x gradient", x.grad(&ours), x.grad(&reference));
         let as4 = |t: Tensor<1>| t.reshape([1, 1, 1, 6]);
-        for (name, a, b) in [
-            (
-                "gamma",
-                ours_norm.gamma.grad(&ours_grads),
-                reference_norm.gamma.grad(&reference_grads),
-            ),
-            (
-                "beta",
-                ours_norm.beta.grad(&ours_grads),
-                reference_norm.beta.grad(&reference_grads),
-            ),
-        ] {
-            let e = relative_error(&as4(a.unwrap()), &as4(b.unwrap()));
-            assert!(e < 1e-4, "{name} gradient off by {e}");
-        }
+        let gamma = |norm: &BatchNorm, g| norm.gamma.grad(g).map(as4);
+        let beta = |norm: &BatchNorm, g| norm.beta.grad(g).map(as4);
+        let pair = (gamma(&ours_norm, &ours), gamma(&reference_norm, &reference));
+        assert_close("gamma gradient", pair.0, pair.1);
+        let pair = (beta(&ours_norm, &ours), beta(&reference_norm, &reference));
+        assert_close("beta gradient", pair.0, pair.1);
         for (a, b) in [
             (
                 ours_norm.running_mean.value(),
