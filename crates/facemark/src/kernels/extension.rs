@@ -415,22 +415,9 @@ impl<C: CheckpointStrategy> ConvKernels for Autodiff<Flex, C> {
         let Some(g) = flex_geometry(x.primitive(), weight.primitive(), &options) else {
             return <Self as ModuleOps<Self>>::conv2d(x, weight, None, options);
         };
-        match ConvBackward
-            .prepare::<C>([x.node(), weight.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let state = (prep.checkpoint(&x), prep.checkpoint(&weight), g);
-                let y = Flex::facemark_conv2d(x.into_primitive(), weight.into_primitive(), options);
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(Flex::facemark_conv2d(
-                x.into_primitive(),
-                weight.into_primitive(),
-                options,
-            )),
-        }
+        record_with_weight::<C, _, _>(ConvBackward, x, weight, g, |x, w| {
+            Flex::facemark_conv2d(x, w, options)
+        })
     }
 
     fn facemark_conv2d_bias_relu(
@@ -455,19 +442,37 @@ impl<C: CheckpointStrategy> ConvKernels for Autodiff<Flex, C> {
         let Some(g) = up_geometry(x.primitive(), weight.primitive(), &options) else {
             return <Self as ModuleOps<Self>>::conv_transpose2d(x, weight, None, options);
         };
-        let forward = |x, w| Flex::facemark_conv_transpose2d(x, w, options.clone());
-        match UpBackward
-            .prepare::<C>([x.node(), weight.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let state = (prep.checkpoint(&x), prep.checkpoint(&weight), g);
-                prep.finish(state, forward(x.into_primitive(), weight.into_primitive()))
-            }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(forward(x.into_primitive(), weight.into_primitive()))
-            }
+        record_with_weight::<C, _, _>(UpBackward, x, weight, g, |x, w| {
+            Flex::facemark_conv_transpose2d(x, w, options)
+        })
+    }
+}
+
+/// Records an operation of an input `x` and a weight on the autodiff graph (checkpointing both,
+/// with `extra` for the backward pass) and runs `forward` on their flex tensors.
+fn record_with_weight<C, Op, Extra>(
+    op: Op,
+    x: FloatTensor<Autodiff<Flex, C>>,
+    weight: FloatTensor<Autodiff<Flex, C>>,
+    extra: Extra,
+    forward: impl FnOnce(FloatTensor<Flex>, FloatTensor<Flex>) -> FloatTensor<Flex>,
+) -> FloatTensor<Autodiff<Flex, C>>
+where
+    C: CheckpointStrategy,
+    Op: Backward<Flex, 2, State = (NodeId, NodeId, Extra)>,
+    Extra: Clone + Send + std::fmt::Debug + 'static,
+{
+    match op
+        .prepare::<C>([x.node(), weight.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let state = (prep.checkpoint(&x), prep.checkpoint(&weight), extra);
+            prep.finish(state, forward(x.into_primitive(), weight.into_primitive()))
+        }
+        OpsKind::UnTracked(prep) => {
+            prep.finish(forward(x.into_primitive(), weight.into_primitive()))
         }
     }
 }
