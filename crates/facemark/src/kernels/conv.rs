@@ -380,12 +380,11 @@ pub fn forward(
     y
 }
 
-/// Gradients of [`forward`] from the output gradient `dy`: the input's (when `want_input`), the
-/// weight's and the bias's (when `want_bias`).
+/// Gradients of [`forward`] (without bias: callers add it, and differentiate it, with burn's own
+/// operations) from the output gradient `dy`: the input's (when `want_input`) and the weight's.
 pub struct Gradients {
     pub input: Option<Vec<f32>>,
     pub weight: Vec<f32>,
-    pub bias: Option<Vec<f32>>,
 }
 
 /// The backward pass of [`forward`].
@@ -395,10 +394,9 @@ pub fn backward(
     weight: &[f32],
     dy: &[f32],
     want_input: bool,
-    want_bias: bool,
 ) -> Gradients {
     if g.whole_batch() {
-        return backward_whole_batch(g, x, weight, dy, want_input, want_bias);
+        return backward_whole_batch(g, x, weight, dy, want_input);
     }
     let (k, n) = (g.patch(), g.out_plane());
     let w = Mat::row_major(g.channels_out, k);
@@ -409,7 +407,6 @@ pub fn backward(
     let mut dx = want_input.then(|| vec![0.0f32; g.batch * g.in_image()]);
     let partial = |images: Range<usize>, mut dx: Option<&mut [f32]>| {
         let mut dw = vec![0.0f32; g.channels_out * k];
-        let mut db = vec![0.0f32; if want_bias { g.channels_out } else { 0 }];
         // Column matrices of the input (for dW) and of the input gradient (for dx).
         let scratch = if g.is_pointwise() { 0 } else { 2 * k * n };
         with_scratch(scratch, |buffers| {
@@ -428,9 +425,6 @@ pub fn backward(
                     true,
                     parallelism,
                 );
-                for (sum, plane) in db.iter_mut().zip(grad.chunks(n)) {
-                    *sum += plane.iter().sum::<f32>();
-                }
                 let Some(dx) = dx.as_deref_mut() else {
                     continue;
                 };
@@ -459,15 +453,14 @@ pub fn backward(
                 }
             }
         });
-        vec![dw, db]
+        vec![dw]
     };
-    let mut sums = sum_over_batch(g.batch, g.in_image(), dx.as_deref_mut(), partial);
-    let db = sums.pop().unwrap_or_default();
-    let dw = sums.pop().unwrap_or_default();
+    let dw = sum_over_batch(g.batch, g.in_image(), dx.as_deref_mut(), partial)
+        .pop()
+        .unwrap_or_default();
     Gradients {
         input: dx,
         weight: dw,
-        bias: want_bias.then_some(db),
     }
 }
 
@@ -532,14 +525,12 @@ fn backward_whole_batch(
     weight: &[f32],
     dy: &[f32],
     want_input: bool,
-    want_bias: bool,
 ) -> Gradients {
     let (k, n, bn) = (g.patch(), g.out_plane(), g.batch * g.out_plane());
     let w = Mat::row_major(g.channels_out, k);
     let (grads, cols) = (Mat::row_major(g.channels_out, bn), Mat::row_major(k, bn));
     let mut dw = vec![0.0f32; g.channels_out * k];
     let mut dx = want_input.then(|| vec![0.0f32; g.batch * g.in_image()]);
-    let mut db = want_bias.then(|| vec![0.0f32; g.channels_out]);
     with_scratch(2 * k * bn + g.channels_out * bn, |scratch| {
         let (col, rest) = scratch.split_at_mut(k * bn);
         let (dcol, dy_all) = rest.split_at_mut(k * bn);
@@ -549,11 +540,6 @@ fn backward_whole_batch(
                 row[b * n..][..n].copy_from_slice(&dy[(b * g.channels_out + co) * n..][..n]);
             }
         });
-        if let Some(db) = db.as_mut() {
-            for (sum, row) in db.iter_mut().zip(dy_all.chunks(bn)) {
-                *sum = row.iter().sum();
-            }
-        }
         batch_columns(g, x, col);
         let all_threads = Parallelism::Rayon(0);
         matmul(
@@ -584,7 +570,6 @@ fn backward_whole_batch(
     Gradients {
         input: dx,
         weight: dw,
-        bias: db,
     }
 }
 

@@ -275,7 +275,6 @@ fn register_gradients(
         &values(&weight),
         &values(&grad),
         node_x.is_some(),
-        false,
     );
     if let (Some(node), Some(dx)) = (node_x, computed.input) {
         grads.register::<Flex>(node.id, flex_tensor(dx, x.shape().to_vec()));
