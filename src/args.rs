@@ -20,6 +20,11 @@ pub struct Cli {
     /// Folder holding the data sets (imm_face_db/, ibug_300w/, ...).
     #[arg(long, global = true, env = "FACEMARK_DATA", default_value = "data")]
     pub data: PathBuf,
+    /// Matrix products of the convolutions: f32, or bf16 operands summed in f32 on AMX tiles
+    /// (CPUs with AMX; f32 elsewhere), faster for the wider layers. A run keeps the precision it
+    /// started training with.
+    #[arg(long, global = true, env = "FACEMARK_PRECISION", default_value = "f32")]
+    pub precision: facemark::kernels::Precision,
     #[command(subcommand)]
     pub command: Command,
 }

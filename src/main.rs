@@ -37,6 +37,7 @@ fn show_progress() -> bool {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    facemark::kernels::set_precision(cli.precision);
     match cli.command {
         Command::Train(args) => train(&args, &cli.data),
         Command::Study { task, out, runs } => {

@@ -139,6 +139,10 @@ pub struct TrainConfig {
     /// from before `.pts` files were preferred, which trained on the label file's points).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ground_truth: Option<crate::dataset::GroundTruth>,
+    /// Precision of the convolutions' matrix products while training: the one in force when the
+    /// run started (`kernels::precision`), kept when it resumes. Older runs: f32.
+    #[serde(default)]
+    pub precision: crate::kernels::Precision,
 }
 
 /// A recipe that cannot be built as asked.
@@ -202,6 +206,7 @@ impl TrainConfig {
             weight_decay: 0.0,
             seed: 42,
             test_time_flip: false,
+            precision: crate::kernels::Precision::F32,
             ground_truth: None,
         }
     }

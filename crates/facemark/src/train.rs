@@ -109,8 +109,12 @@ pub fn train(
         // trained with a shape prior are wrong without it.
         run.read_config()?
     } else {
-        with_data_statistics(config, data)
+        TrainConfig {
+            precision: crate::kernels::precision(),
+            ..with_data_statistics(config, data)
+        }
     };
+    crate::kernels::set_precision(config.precision);
     let device = crate::backend::training_device();
     device.seed(config.seed);
     let mut model = config.model.init(&device);

@@ -13,6 +13,9 @@
 use std::ops::Range;
 
 use gemm::Parallelism;
+
+#[cfg(target_arch = "x86_64")]
+use super::amx;
 use rayon::prelude::*;
 
 /// Shapes of one convolution (groups 1, dilation 1).
@@ -273,10 +276,10 @@ fn col2im(g: &ConvGeometry, col: &[f32], image: &mut [f32], ld: usize) {
 /// A row-major matrix view for `gemm`: `rows x cols` with the given strides (in elements).
 #[derive(Clone, Copy)]
 pub(super) struct Mat {
-    rows: usize,
-    cols: usize,
-    row_stride: isize,
-    col_stride: isize,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    pub(super) row_stride: isize,
+    pub(super) col_stride: isize,
 }
 
 impl Mat {
@@ -299,7 +302,8 @@ impl Mat {
     }
 }
 
-/// `dst = lhs · rhs`, or `dst += lhs · rhs` with `accumulate`.
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` with `accumulate`: on AMX tiles in bf16 when
+/// [`super::precision`] says so and the CPU has them, else in f32 by `gemm`.
 pub(super) fn matmul(
     dst: &mut [f32],
     lhs: &[f32],
@@ -310,6 +314,12 @@ pub(super) fn matmul(
     parallelism: Parallelism,
 ) {
     let (m, k, n) = (lhs_shape.rows, lhs_shape.cols, rhs_shape.cols);
+    #[cfg(target_arch = "x86_64")]
+    if super::uses_tiles() && amx::pays(m, k) {
+        let parallel = !matches!(parallelism, Parallelism::None);
+        amx::matmul(dst, lhs, lhs_shape, rhs, rhs_shape, accumulate, parallel);
+        return;
+    }
     assert_eq!(rhs_shape.rows, k, "inner dimensions agree");
     assert!(dst.len() >= m * n, "destination holds the product");
     let extent =

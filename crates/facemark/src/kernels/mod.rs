@@ -7,9 +7,79 @@
 //! gradients equal to burn's within 1e-4 (relative). Why each exists, with before/after
 //! profiles: results/speed.md.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 pub mod conv;
 mod extension;
 pub mod norm;
 pub mod upsample;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// How the convolutions' matrix products treat their operands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Exact f32 products (`gemm`).
+    #[default]
+    F32,
+    /// Operands rounded to bf16, products summed in f32, on AMX tiles where the CPU has them
+    /// (f32 elsewhere): mixed precision, as accelerators train.
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!("unknown precision {other:?} (f32 or bf16)")),
+        }
+    }
+}
+
+/// 0: not yet chosen; then 1 + the `Precision` in force.
+static PRECISION: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the precision of every later convolution in this process.
+pub fn set_precision(precision: Precision) {
+    PRECISION.store(1 + precision as u8, Ordering::Relaxed);
+}
+
+/// The precision in force: set by [`set_precision`], else `FACEMARK_PRECISION` (`f32`, `bf16`),
+/// else f32.
+pub fn precision() -> Precision {
+    match PRECISION.load(Ordering::Relaxed) {
+        1 => Precision::F32,
+        2 => Precision::Bf16,
+        _ => {
+            let chosen = std::env::var("FACEMARK_PRECISION")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(Precision::F32);
+            set_precision(chosen);
+            chosen
+        }
+    }
+}
+
+/// Whether this CPU has AMX tiles for bf16 products (and the OS lets facemark use them).
+pub fn tiles_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether matrix products run on AMX tiles now.
+fn uses_tiles() -> bool {
+    precision() == Precision::Bf16 && tiles_available()
+}
 
 pub use extension::{batch_norm, conv_norm, conv_transpose2d, conv2d, forward_conv, forward_up};

@@ -1,0 +1,600 @@
+//! Matrix products on Intel AMX tiles: operands rounded to bf16, products summed in f32.
+//!
+//! A CPU with AMX (Sapphire Rapids and later) multiplies a 16x32 bf16 tile by a 32x16 one into a
+//! 16x16 f32 tile in one instruction: about 16 times the multiply-adds per cycle of AVX-512 FMA.
+//! Rounding the operands to bf16 (8 significant bits) is what mixed-precision training does on
+//! every current accelerator; sums stay in f32. [`super::Precision`] chooses between this and
+//! the exact f32 products of `gemm`.
+//!
+//! Layout: the left operand is packed into 16x32 tiles (one row of 32 bf16 = 64 bytes), the
+//! right one into "VNNI" tiles (16 rows of 16 column pairs: row `p` holds `k = 2p, 2p + 1`), both
+//! zero-padded to whole tiles, so the inner loop loads full tiles only. Each step computes a
+//! 32x32 block of the product in four accumulator tiles.
+
+use rayon::prelude::*;
+
+use super::conv::Mat;
+
+/// bf16 values in one tile row (64 bytes), and so the depth of one tile step.
+const DEPTH: usize = 32;
+/// Rows of a tile, and f32 columns of an accumulator tile.
+const EDGE: usize = 16;
+/// bf16 values in one packed tile.
+const TILE: usize = EDGE * DEPTH;
+/// Bytes between the rows of every tile facemark loads or stores.
+const ROW_BYTES: usize = 64;
+
+/// Whether this CPU has AMX with bf16 and the kernel lets the process use its tile registers.
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(detect)
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn detect() -> bool {
+    // CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
+    let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+    let has_amx = leaf.edx & (1 << 22) != 0 && leaf.edx & (1 << 24) != 0;
+    // Linux hands the 8 KiB tile state out only on request (arch_prctl ARCH_REQ_XCOMP_PERM for
+    // XFEATURE_XTILEDATA); the permission holds for every thread of the process.
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a plain system call with integer arguments.
+    has_amx
+        && unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            )
+        } == 0
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn detect() -> bool {
+    false
+}
+
+/// Whether a product with `m` rows and depth `k` gains from tiles: with fewer, packing the right
+/// operand (one pass over it) costs more than the f32 product (`amx::tests::throughput_against_gemm`
+/// measures 16-row and 16-deep products at 0.5-0.7x of gemm's f32 speed, 32 and more at 1.3-2x).
+pub(super) fn pays(m: usize, k: usize) -> bool {
+    m >= 2 * EDGE && k >= DEPTH
+}
+
+/// f32 bits rounded to nearest even at bit 16 (bf16 in the top half); a NaN stays a NaN.
+#[inline(always)]
+fn rounded_bits(v: f32) -> u32 {
+    let bits = v.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
+    // A select, not a branch, so packing loops vectorise.
+    if (bits & 0x7fff_ffff) > 0x7f80_0000 {
+        bits | 0x0040_0000
+    } else {
+        rounded
+    }
+}
+
+/// f32 to bf16, rounding to nearest even.
+#[inline(always)]
+fn to_bf16(v: f32) -> u16 {
+    (rounded_bits(v) >> 16) as u16
+}
+
+/// Two f32 as a bf16 pair in one word, `low` first in memory.
+#[inline(always)]
+fn bf16_pair(low: f32, high: f32) -> u32 {
+    (rounded_bits(high) & 0xffff_0000) | (rounded_bits(low) >> 16)
+}
+
+/// Reads element `(row, col)` of a strided matrix.
+#[inline(always)]
+fn at(data: &[f32], shape: Mat, row: usize, col: usize) -> f32 {
+    data[row * shape.row_stride as usize + col * shape.col_stride as usize]
+}
+
+fn blocks(len: usize, edge: usize) -> usize {
+    len.div_ceil(edge)
+}
+
+/// Packs `lhs` (`m x k`) into row tiles: tile `(t, s)` holds rows `16t..` and depth `32s..`.
+fn pack_lhs(lhs: &[f32], shape: Mat, packed: &mut [u16], parallel: bool) {
+    let depth_steps = blocks(shape.cols, DEPTH);
+    let pack_rows = |(t, tiles): (usize, &mut [u16])| {
+        for r in 0..EDGE {
+            let row = t * EDGE + r;
+            for s in 0..depth_steps {
+                let out = &mut tiles[s * TILE + r * DEPTH..][..DEPTH];
+                if row >= shape.rows {
+                    out.fill(0);
+                    continue;
+                }
+                let cols = (shape.cols - s * DEPTH).min(DEPTH);
+                if shape.col_stride == 1 {
+                    let src = &lhs[row * shape.row_stride as usize + s * DEPTH..][..cols];
+                    for (o, &v) in out.iter_mut().zip(src) {
+                        *o = to_bf16(v);
+                    }
+                } else {
+                    for (c, o) in out[..cols].iter_mut().enumerate() {
+                        *o = to_bf16(at(lhs, shape, row, s * DEPTH + c));
+                    }
+                }
+                out[cols..].fill(0);
+            }
+        }
+    };
+    let per_row_block = depth_steps * TILE;
+    if parallel {
+        packed
+            .par_chunks_mut(per_row_block)
+            .enumerate()
+            .for_each(pack_rows);
+    } else {
+        packed
+            .chunks_mut(per_row_block)
+            .enumerate()
+            .for_each(pack_rows);
+    }
+}
+
+/// Column tiles packed and multiplied per job: 128 columns, whose packed depth stays in L2.
+const TILES_PER_JOB: usize = 8;
+
+/// Packs column tiles `first_tile..` of `rhs` (`k x n`) into `tiles` as VNNI tiles, one word per
+/// bf16 pair: tile `(t, s)` holds columns `16(first_tile + t)..` and depth `32s..`, its row `p`
+/// the pairs `(rhs[32s + 2p][c], rhs[32s + 2p + 1][c])` for its 16 columns `c`.
+fn pack_rhs(rhs: &[f32], shape: Mat, first_tile: usize, tiles: &mut [u32]) {
+    // SAFETY: AMX tiles imply AVX-512 (every CPU with AMX has it); only called after `available`.
+    unsafe { pack_rhs_avx512(rhs, shape, first_tile, tiles) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn pack_rhs_avx512(rhs: &[f32], shape: Mat, first_tile: usize, tiles: &mut [u32]) {
+    let depth_steps = blocks(shape.rows, DEPTH);
+    let words_per_tile = TILE / 2;
+    let (k, n) = (shape.rows, shape.cols);
+    let tile_count = tiles.len() / (depth_steps * words_per_tile);
+    let tile_row = |t: usize, pair: usize| -> usize {
+        let (s, p) = (2 * pair / DEPTH, (2 * pair % DEPTH) / 2);
+        (t * depth_steps + s) * words_per_tile + p * EDGE
+    };
+    tiles.fill(0);
+    if shape.col_stride == 1 {
+        // Row-major: pairs of rows, read along the columns.
+        let row = |r: usize| &rhs[r * shape.row_stride as usize..];
+        for pair in 0..k.div_ceil(2) {
+            let low = row(2 * pair);
+            let high = (2 * pair + 1 < k).then(|| row(2 * pair + 1));
+            for t in 0..tile_count {
+                let first = (first_tile + t) * EDGE;
+                let cols = (n - first).min(EDGE);
+                let out = &mut tiles[tile_row(t, pair)..][..cols];
+                let low = &low[first..][..cols];
+                match high {
+                    Some(high) => {
+                        let high = &high[first..][..cols];
+                        for ((o, &l), &h) in out.iter_mut().zip(low).zip(high) {
+                            *o = bf16_pair(l, h);
+                        }
+                    }
+                    None => {
+                        for (o, &l) in out.iter_mut().zip(low) {
+                            *o = bf16_pair(l, 0.0);
+                        }
+                    }
+                }
+            }
+        }
+    } else {
+        // Column-major (a transposed operand): each column's depth values are adjacent.
+        for t in 0..tile_count {
+            let first = (first_tile + t) * EDGE;
+            for c in 0..(n - first).min(EDGE) {
+                let column = |r: usize| at(rhs, shape, r, first + c);
+                for pair in 0..k.div_ceil(2) {
+                    let high = if 2 * pair + 1 < k {
+                        column(2 * pair + 1)
+                    } else {
+                        0.0
+                    };
+                    tiles[tile_row(t, pair) + c] = bf16_pair(column(2 * pair), high);
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's packed right-operand block, kept between calls.
+    static RHS_BLOCK: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The 64-byte tile configuration (`LDTILECFG`'s operand).
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    bytes_per_row: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// Tile registers 0-3 accumulate, 4-5 hold left tiles, 6-7 right tiles: all 16 rows of 64 bytes.
+#[cfg(target_arch = "x86_64")]
+fn configure_tiles() {
+    let mut config = TileConfig {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        bytes_per_row: [0; 16],
+        rows: [0; 16],
+    };
+    for t in 0..8 {
+        config.bytes_per_row[t] = ROW_BYTES as u16;
+        config.rows[t] = EDGE as u8;
+    }
+    // SAFETY: only called after `available()` granted the tile state; the config is valid.
+    unsafe {
+        std::arch::asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly));
+    }
+}
+
+/// One 32x32 (or smaller, by whole tiles) block of the product: `out` gets `TWO_ROWS + 1` row
+/// tiles by `TWO_COLS + 1` column tiles, 16x16 f32 each, row-major per tile.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn block<const TWO_ROWS: bool, const TWO_COLS: bool>(
+    lhs: *const u16,
+    lhs_next: *const u16,
+    rhs: *const u16,
+    rhs_next: *const u16,
+    depth_steps: usize,
+    out: &mut [[f32; EDGE * EDGE]; 4],
+) {
+    use std::arch::asm;
+    let stride = ROW_BYTES;
+    // SAFETY (whole body): the caller passes pointers to `depth_steps` packed tiles each, and the
+    // tiles were configured by `configure_tiles` on this thread.
+    unsafe {
+        asm!("tilezero tmm0", options(nostack, nomem));
+        if TWO_COLS {
+            asm!("tilezero tmm1", options(nostack, nomem));
+        }
+        if TWO_ROWS {
+            asm!("tilezero tmm2", options(nostack, nomem));
+        }
+        if TWO_ROWS && TWO_COLS {
+            asm!("tilezero tmm3", options(nostack, nomem));
+        }
+        for s in 0..depth_steps {
+            let offset = s * TILE;
+            asm!("tileloadd tmm4, [{0} + {1}]", in(reg) lhs.add(offset), in(reg) stride, options(nostack, readonly));
+            asm!("tileloadd tmm6, [{0} + {1}]", in(reg) rhs.add(offset), in(reg) stride, options(nostack, readonly));
+            asm!("tdpbf16ps tmm0, tmm4, tmm6", options(nostack, nomem));
+            if TWO_COLS {
+                asm!("tileloadd tmm7, [{0} + {1}]", in(reg) rhs_next.add(offset), in(reg) stride, options(nostack, readonly));
+                asm!("tdpbf16ps tmm1, tmm4, tmm7", options(nostack, nomem));
+            }
+            if TWO_ROWS {
+                asm!("tileloadd tmm5, [{0} + {1}]", in(reg) lhs_next.add(offset), in(reg) stride, options(nostack, readonly));
+                asm!("tdpbf16ps tmm2, tmm5, tmm6", options(nostack, nomem));
+            }
+            if TWO_ROWS && TWO_COLS {
+                asm!("tdpbf16ps tmm3, tmm5, tmm7", options(nostack, nomem));
+            }
+        }
+        asm!("tilestored [{0} + {1}], tmm0", in(reg) out[0].as_mut_ptr(), in(reg) stride, options(nostack));
+        if TWO_COLS {
+            asm!("tilestored [{0} + {1}], tmm1", in(reg) out[1].as_mut_ptr(), in(reg) stride, options(nostack));
+        }
+        if TWO_ROWS {
+            asm!("tilestored [{0} + {1}], tmm2", in(reg) out[2].as_mut_ptr(), in(reg) stride, options(nostack));
+        }
+        if TWO_ROWS && TWO_COLS {
+            asm!("tilestored [{0} + {1}], tmm3", in(reg) out[3].as_mut_ptr(), in(reg) stride, options(nostack));
+        }
+    }
+}
+
+/// `dst = lhs · rhs` (or `+=` with `accumulate`), `dst` row-major `m x n`, operands rounded to
+/// bf16. Only call when [`available`] is true. With `parallel`, column blocks are shared among
+/// rayon's threads.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn matmul(
+    dst: &mut [f32],
+    lhs: &[f32],
+    lhs_shape: Mat,
+    rhs: &[f32],
+    rhs_shape: Mat,
+    accumulate: bool,
+    parallel: bool,
+) {
+    let (m, k, n) = (lhs_shape.rows, lhs_shape.cols, rhs_shape.cols);
+    assert!(available(), "AMX tiles are available");
+    assert_eq!(rhs_shape.rows, k, "inner dimensions agree");
+    assert!(dst.len() >= m * n, "destination holds the product");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (row_tiles, col_tiles, depth_steps) = (blocks(m, EDGE), blocks(n, EDGE), blocks(k, DEPTH));
+    let mut lhs_packed = vec![0u16; row_tiles * depth_steps * TILE];
+    pack_lhs(lhs, lhs_shape, &mut lhs_packed, parallel);
+    let lhs_packed = &lhs_packed[..];
+    let per_tile_block = depth_steps * TILE;
+    let words_per_tile_block = per_tile_block / 2;
+
+    // Writes accumulator tile (row tile, column tile) into `dst`.
+    let write = |dst: *mut f32, row_tile: usize, col_tile: usize, tile: &[f32; EDGE * EDGE]| {
+        let rows = (m - row_tile * EDGE).min(EDGE);
+        let cols = (n - col_tile * EDGE).min(EDGE);
+        for r in 0..rows {
+            let src = &tile[r * EDGE..][..cols];
+            // SAFETY: row `16 row_tile + r` < m and the columns < n address inside `dst`
+            // (m x n); jobs write disjoint column ranges.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(
+                    dst.add((row_tile * EDGE + r) * n + col_tile * EDGE),
+                    cols,
+                )
+            };
+            if accumulate {
+                out.iter_mut().zip(src).for_each(|(o, &v)| *o += v);
+            } else {
+                out.copy_from_slice(src);
+            }
+        }
+    };
+    let dst_ptr = SendPtr(dst.as_mut_ptr());
+
+    // Job `j`: pack column tiles `8j..` (128 columns) and multiply every row by them.
+    let job = |j: usize| {
+        let dst = dst_ptr;
+        let first_tile = j * TILES_PER_JOB;
+        let tile_count = (col_tiles - first_tile).min(TILES_PER_JOB);
+        let mut block_buffer = RHS_BLOCK.take();
+        block_buffer.resize(tile_count * words_per_tile_block, 0);
+        pack_rhs(rhs, rhs_shape, first_tile, &mut block_buffer);
+        configure_tiles();
+        let mut out = [[0.0f32; EDGE * EDGE]; 4];
+        for col_pair in 0..tile_count.div_ceil(2) {
+            let t = 2 * col_pair;
+            let two_cols = t + 1 < tile_count;
+            let rhs_tile =
+                |t: usize| block_buffer[t * words_per_tile_block..].as_ptr() as *const u16;
+            let (rhs, rhs_next) = (rhs_tile(t), rhs_tile(if two_cols { t + 1 } else { t }));
+            for row_pair in 0..row_tiles.div_ceil(2) {
+                let first_row = 2 * row_pair;
+                let two_rows = first_row + 1 < row_tiles;
+                let lhs_tile = |r: usize| lhs_packed[r * per_tile_block..].as_ptr();
+                let (lhs, lhs_next) = (
+                    lhs_tile(first_row),
+                    lhs_tile(if two_rows { first_row + 1 } else { first_row }),
+                );
+                // SAFETY: every pointer addresses `depth_steps` packed tiles of its buffer.
+                unsafe {
+                    match (two_rows, two_cols) {
+                        (true, true) => {
+                            block::<true, true>(lhs, lhs_next, rhs, rhs_next, depth_steps, &mut out)
+                        }
+                        (true, false) => block::<true, false>(
+                            lhs,
+                            lhs_next,
+                            rhs,
+                            rhs_next,
+                            depth_steps,
+                            &mut out,
+                        ),
+                        (false, true) => block::<false, true>(
+                            lhs,
+                            lhs_next,
+                            rhs,
+                            rhs_next,
+                            depth_steps,
+                            &mut out,
+                        ),
+                        (false, false) => block::<false, false>(
+                            lhs,
+                            lhs_next,
+                            rhs,
+                            rhs_next,
+                            depth_steps,
+                            &mut out,
+                        ),
+                    }
+                }
+                let col_tile = first_tile + t;
+                write(dst.0, first_row, col_tile, &out[0]);
+                if two_cols {
+                    write(dst.0, first_row, col_tile + 1, &out[1]);
+                }
+                if two_rows {
+                    write(dst.0, first_row + 1, col_tile, &out[2]);
+                }
+                if two_rows && two_cols {
+                    write(dst.0, first_row + 1, col_tile + 1, &out[3]);
+                }
+            }
+        }
+        // SAFETY: releases this thread's tile state (configured above).
+        unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
+        RHS_BLOCK.set(block_buffer);
+    };
+    let jobs = col_tiles.div_ceil(TILES_PER_JOB);
+    if parallel && jobs > 1 {
+        (0..jobs).into_par_iter().for_each(job);
+    } else {
+        (0..jobs).for_each(job);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the jobs sharing it write disjoint parts of the buffer.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    fn values(count: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2654435761).max(1);
+        (0..count)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn reference(a: &[f32], sa: Mat, b: &[f32], sb: Mat, round: bool) -> Vec<f32> {
+        let r = |v: f32| {
+            if round {
+                f32::from_bits((to_bf16(v) as u32) << 16)
+            } else {
+                v
+            }
+        };
+        let mut out = vec![0.0f32; sa.rows * sb.cols];
+        for i in 0..sa.rows {
+            for j in 0..sb.cols {
+                out[i * sb.cols + j] = (0..sa.cols)
+                    .map(|p| r(at(a, sa, i, p)) as f64 * r(at(b, sb, p, j)) as f64)
+                    .sum::<f64>() as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn rounding_to_bf16_is_to_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0).
+        assert_eq!(to_bf16(f32::from_bits(0x3f80_8000)), 0x3f80);
+        assert_eq!(to_bf16(f32::from_bits(0x3f81_8000)), 0x3f82);
+        assert_eq!(to_bf16(f32::from_bits(0x3f80_8001)), 0x3f81);
+        assert!(f32::from_bits((to_bf16(f32::NAN) as u32) << 16).is_nan());
+    }
+
+    #[test]
+    fn products_equal_the_rounded_operands_product() {
+        if !available() {
+            eprintln!("no AMX on this CPU: skipped");
+            return;
+        }
+        // Odd sizes exercise partial tiles in every dimension, transposed operands the strided
+        // packing, and both thread modes the job split.
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (16, 32, 16),
+            (17, 33, 47),
+            (70, 9, 300),
+            (5, 200, 3),
+        ] {
+            for transposed in [false, true] {
+                let (a, b) = (values(m * k, 1 + m as u32), values(k * n, 7 + n as u32));
+                let sa = if transposed {
+                    Mat::row_major(k, m).transposed()
+                } else {
+                    Mat::row_major(m, k)
+                };
+                let sb = if transposed {
+                    Mat::row_major(n, k).transposed()
+                } else {
+                    Mat::row_major(k, n)
+                };
+                let expected = reference(&a, sa, &b, sb, true);
+                let exact = reference(&a, sa, &b, sb, false);
+                for parallel in [false, true] {
+                    let mut out = vec![1.0f32; m * n];
+                    matmul(&mut out, &a, sa, &b, sb, true, parallel);
+                    for ((o, e), x) in out.iter().zip(&expected).zip(&exact) {
+                        assert!(
+                            (o - 1.0 - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                            "{m}x{k}x{n}: {o} vs 1 + {e}"
+                        );
+                        // And within bf16's rounding of the exact product.
+                        assert!((o - 1.0 - x).abs() <= 0.02 * (k as f32).sqrt() + 1e-3);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[ignore = "a throughput measurement, not a check"]
+    fn throughput_against_gemm() {
+        for &(m, k, n) in &[
+            (16, 144, 12544),
+            (32, 288, 3136),
+            (64, 576, 784),
+            (128, 1152, 196),
+            (256, 2304, 784),
+            (144, 16, 12544),
+            (16, 12544, 144),
+        ] {
+            let (a, b) = (values(m * k, 3), values(k * n, 5));
+            let (sa, sb) = (Mat::row_major(m, k), Mat::row_major(k, n));
+            let mut out = vec![0.0f32; m * n];
+            let flops = 2.0 * (m * k * n) as f64;
+            for parallel in [false, true] {
+                let reps = (2e9 / flops).ceil() as usize;
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    matmul(&mut out, &a, sa, &b, sb, false, parallel);
+                }
+                let amx = flops * reps as f64 / t.elapsed().as_secs_f64() / 1e9;
+                let par = if parallel {
+                    gemm::Parallelism::Rayon(0)
+                } else {
+                    gemm::Parallelism::None
+                };
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    super::super::conv::matmul(&mut out, &a, sa, &b, sb, false, par);
+                }
+                let f32s = flops * reps as f64 / t.elapsed().as_secs_f64() / 1e9;
+                eprintln!(
+                    "{m}x{k}x{n} parallel={parallel}: amx {amx:.0} GFLOP/s, gemm f32 {f32s:.0}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    #[ignore = "a throughput measurement, not a check"]
+    fn packing_cost() {
+        for &(m, k, n) in &[(16, 144, 12544), (256, 2304, 784)] {
+            let (a, b) = (values(m * k, 3), values(k * n, 5));
+            let (sa, sb) = (Mat::row_major(m, k), Mat::row_major(k, n));
+            let (rt, ct, ds) = (blocks(m, EDGE), blocks(n, EDGE), blocks(k, DEPTH));
+            let mut lp = vec![0u16; rt * ds * TILE];
+            let mut rp = vec![0u32; ct * ds * TILE / 2];
+            let t = std::time::Instant::now();
+            for _ in 0..20 {
+                pack_lhs(&a, sa, &mut lp, false);
+            }
+            let tl = t.elapsed().as_secs_f64() / 20.0;
+            let t = std::time::Instant::now();
+            for _ in 0..20 {
+                pack_rhs(&b, sb, 0, &mut rp);
+            }
+            let tr = t.elapsed().as_secs_f64() / 20.0;
+            let mut out = vec![0.0f32; m * n];
+            let t = std::time::Instant::now();
+            for _ in 0..20 {
+                matmul(&mut out, &a, sa, &b, sb, false, false);
+            }
+            let tt = t.elapsed().as_secs_f64() / 20.0;
+            eprintln!(
+                "{m}x{k}x{n}: lhs {:.3} ms rhs {:.3} ms total {:.3} ms",
+                tl * 1e3,
+                tr * 1e3,
+                tt * 1e3
+            );
+        }
+    }
+}

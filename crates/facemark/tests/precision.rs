@@ -1,0 +1,82 @@
+//! bf16 matrix products (AMX tiles) against f32: the convolution's forward pass and both
+//! gradients stay within bf16's rounding. A test binary of its own, because the precision is
+//! process-wide and the kernels' other tests hold f32 results to 1e-4.
+
+use facemark::kernels::conv::{self, ConvGeometry};
+use facemark::kernels::{self, Precision};
+
+fn values(count: usize, seed: u32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(2654435761).max(1);
+    (0..count)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+/// Largest difference relative to the largest reference value.
+fn relative_gap(got: &[f32], reference: &[f32]) -> f32 {
+    let scale = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let gap = got
+        .iter()
+        .zip(reference)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    gap / scale
+}
+
+#[test]
+fn bf16_convolution_stays_within_bf16_rounding_of_f32() {
+    // Wide enough (64 outputs, depth 288) that the products go to tiles.
+    let g = ConvGeometry {
+        batch: 2,
+        channels_in: 32,
+        channels_out: 64,
+        height: 14,
+        width: 14,
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [1, 1],
+    };
+    let x = values(g.batch * 32 * 14 * 14, 3);
+    let w = values(64 * 32 * 9, 5);
+    let dy = values(g.batch * 64 * 14 * 14, 7);
+    let run = |precision| {
+        kernels::set_precision(precision);
+        let y = conv::forward(&g, &x, &w, None, false);
+        let grads = conv::backward(&g, &x, &w, &dy, true);
+        (
+            y,
+            grads.input.expect("input gradient asked for"),
+            grads.weight,
+        )
+    };
+    let (y32, dx32, dw32) = run(Precision::F32);
+    let (y16, dx16, dw16) = run(Precision::Bf16);
+    kernels::set_precision(Precision::F32);
+    for (name, got, reference) in [
+        ("output", &y16, &y32),
+        ("input gradient", &dx16, &dx32),
+        ("weight gradient", &dw16, &dw32),
+    ] {
+        let gap = relative_gap(got, reference);
+        // Operands carry 8 significant bits (relative rounding 2^-9); sums of a few hundred
+        // products of independent roundings stay well inside 1 %.
+        assert!(gap < 1e-2, "{name}: {gap}");
+        if kernels::tiles_available() {
+            assert!(gap > 0.0, "{name}: bf16 should round, so differ from f32");
+        }
+    }
+}
+
+#[test]
+fn precision_reads_and_writes_its_names() {
+    assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
+    assert_eq!("f32".parse::<Precision>(), Ok(Precision::F32));
+    assert!("fp8".parse::<Precision>().is_err());
+    assert_eq!(serde_json::to_string(&Precision::Bf16).unwrap(), "\"bf16\"");
+    let read: Precision = serde_json::from_str("\"f32\"").unwrap();
+    assert_eq!(read, Precision::F32);
+}
