@@ -133,8 +133,11 @@ pub enum Command {
         out: PathBuf,
     },
     /// Draw the loss curves of several runs on one plot, or with --labels the CED curves of
-    /// several models (run directories or shipped names) on one label set.
+    /// several models (run directories or shipped names) on one label set, with their metrics as
+    /// a Markdown table on stdout.
     Compare {
+        /// Run directories; with --labels also shipped models, or NAME=PREDICTIONS.xml: another
+        /// system's predictions (a dlib XML listing the label file's faces in its order).
         #[arg(required = true)]
         runs: Vec<String>,
         #[arg(long)]

@@ -165,10 +165,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compare { runs, out, labels } => {
             match labels {
                 Some(labels) => {
-                    for (name, m) in study::compare_ced(&runs, &labels, &out)? {
-                        eprintln!(
-                            "{name}: NME {:.2} % ({}), AUC@0.08 {:.3}",
-                            m.nme, m.normaliser, m.auc_0_08
+                    let measured = study::compare_ced(&runs, &labels, &out)?;
+                    let normaliser = measured.first().map_or("", |(_, m)| m.normaliser.as_str());
+                    println!(
+                        "| system | faces | NME ({normaliser}) | AUC@0.08 | failures > 0.08 | failures > 0.10 |"
+                    );
+                    println!("|---|---|---|---|---|---|");
+                    for (name, m) in &measured {
+                        println!(
+                            "| {name} | {} | {:.2} % | {:.3} | {:.1} % | {:.1} % |",
+                            m.per_image_nme.len(),
+                            m.nme,
+                            m.auc_0_08,
+                            100.0 * m.failure_rate_0_08,
+                            100.0 * m.failure_rate_0_10
                         );
                     }
                 }

@@ -535,35 +535,35 @@ pub fn compare_losses(runs: &[PathBuf], out: &Path) -> Result<(), StudyError> {
     Ok(())
 }
 
-/// Evaluates each model (run directory or shipped name) on `labels` and draws their CED curves
-/// on one plot; returns each model's metrics.
+/// Evaluates each entry on `labels` and draws their CED curves on one plot; returns each entry's
+/// metrics. An entry is a model (run directory or shipped name), or `NAME=PREDICTIONS.xml`: another
+/// system's predictions (a dlib XML holding the label file's faces in the same order, dlib's point
+/// convention), scored against the same truth (see [`score_predictions`]).
 pub fn compare_ced(
-    models: &[String],
+    entries: &[String],
     labels: &Path,
     out: &Path,
 ) -> Result<Vec<(String, LandmarkMetrics)>, StudyError> {
     let images = read_labels(labels)?;
     let mut curves = Vec::new();
     let mut measured = Vec::new();
-    for name in models {
-        let predictor = Predictor::load(name)?;
-        let contract = &predictor.model.contract;
-        let Some(crop) = contract.crop() else {
-            return Err(StudyError::Unsuitable(format!(
-                "{name} is not a face-box model: CED curves need face-box models"
-            )));
+    for entry in entries {
+        let (label, metrics) = match entry.split_once('=') {
+            Some((name, predictions)) => (
+                name.to_string(),
+                score_predictions(
+                    &crate::data::dlib_xml::read_dlib_xml(Path::new(predictions))?,
+                    &images,
+                    labels,
+                )?,
+            ),
+            None => (
+                Path::new(entry)
+                    .file_name()
+                    .map_or_else(|| entry.clone(), |f| f.to_string_lossy().into_owned()),
+                evaluate_on(entry, &images, labels)?,
+            ),
         };
-        let data = Dataset::for_evaluation(&images, &crop, &contract.scheme)?;
-        let evaluation = report::evaluate(&predictor.model.net, contract, &data, name);
-        let Some(metrics) = evaluation.summary.landmarks else {
-            return Err(StudyError::Unsuitable(format!(
-                "{name} found no faces in {}",
-                labels.display()
-            )));
-        };
-        let label = Path::new(name)
-            .file_name()
-            .map_or_else(|| name.clone(), |f| f.to_string_lossy().into_owned());
         curves.push(Curve {
             label: format!("{label} ({:.2} %)", metrics.nme),
             values: metrics.per_image_nme.iter().map(|&v| v as f32).collect(),
@@ -577,6 +577,88 @@ pub fn compare_ced(
     );
     figures::ced_curves(out, &title, &curves, 0.10)?;
     Ok(measured)
+}
+
+/// A face-box model's metrics on the faces of `images` (read from `labels`).
+fn evaluate_on(
+    name: &str,
+    images: &[crate::data::LabeledImage],
+    labels: &Path,
+) -> Result<LandmarkMetrics, StudyError> {
+    let predictor = Predictor::load(name)?;
+    let contract = &predictor.model.contract;
+    let Some(crop) = contract.crop() else {
+        return Err(StudyError::Unsuitable(format!(
+            "{name} is not a face-box model: CED curves need face-box models"
+        )));
+    };
+    let data = Dataset::for_evaluation(images, &crop, &contract.scheme)?;
+    let evaluation = report::evaluate(&predictor.model.net, contract, &data, name);
+    evaluation.summary.landmarks.ok_or_else(|| {
+        StudyError::Unsuitable(format!("{name} found no faces in {}", labels.display()))
+    })
+}
+
+/// Scores another system's predictions against the truth of `labels` (read into `truth`, `.pts`
+/// points preferred as everywhere): face `i` of `predicted` (images and boxes in the label file's
+/// order) against face `i` of the labels, with the same metrics as `eval`: errors normalised as
+/// the points' scheme says (inter-ocular for iBUG's 68), the label box's diagonal otherwise.
+pub fn score_predictions(
+    predicted: &[crate::data::LabeledImage],
+    truth: &[crate::data::LabeledImage],
+    labels: &Path,
+) -> Result<LandmarkMetrics, StudyError> {
+    let faces =
+        |images: &[crate::data::LabeledImage]| -> Vec<(PathBuf, crate::data::AnnotatedFace)> {
+            images
+                .iter()
+                .flat_map(|image| {
+                    image
+                        .faces
+                        .iter()
+                        .map(|face| (image.image_path.clone(), face.clone()))
+                })
+                .collect()
+        };
+    let (predicted, truth) = (faces(predicted), faces(truth));
+    if predicted.len() != truth.len() {
+        return Err(StudyError::Unsuitable(format!(
+            "the predictions hold {} faces and {} holds {}: they must list the same faces in the same order",
+            predicted.len(),
+            labels.display(),
+            truth.len()
+        )));
+    }
+    for (i, ((p_path, p), (t_path, t))) in predicted.iter().zip(&truth).enumerate() {
+        if p_path.file_name() != t_path.file_name() || p.points.len() != t.points.len() {
+            return Err(StudyError::Unsuitable(format!(
+                "face {} of the predictions ({}, {} points) does not match face {} of {} ({}, {} points)",
+                i + 1,
+                p_path.display(),
+                p.points.len(),
+                i + 1,
+                labels.display(),
+                t_path.display(),
+                t.points.len()
+            )));
+        }
+    }
+    let shapes = |faces: &[(PathBuf, crate::data::AnnotatedFace)]| -> Vec<Vec<crate::data::Point>> {
+        faces.iter().map(|(_, f)| f.points.clone()).collect()
+    };
+    let (predicted_points, true_points) = (shapes(&predicted), shapes(&truth));
+    let first = true_points.first().cloned().unwrap_or_default();
+    let scheme = crate::scheme::LandmarkScheme::for_labels(first.len(), &first);
+    let diagonals: Vec<f32> = truth
+        .iter()
+        .map(|(_, f)| f.bbox.width.hypot(f.bbox.height))
+        .collect();
+    Ok(crate::eval::landmark_metrics(
+        &predicted_points,
+        &true_points,
+        &scheme,
+        &diagonals,
+    ))
 }
 
 /// A face-box run's best model measured for the study table.
@@ -674,6 +756,60 @@ fn copy_results(run: &Path, dest: &Path) -> Result<(), RunError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 300-W's test faces (.pts points preferred), or `None` with a visible message.
+    fn test_faces() -> Option<(PathBuf, Vec<crate::data::LabeledImage>)> {
+        let root = std::env::var_os("FACEMARK_DATA")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/work/shared/data"));
+        let labels = root.join(TEST_LABELS);
+        if !labels.is_file() {
+            eprintln!("SKIPPED: no {}", labels.display());
+            return None;
+        }
+        let images = read_labels(&labels).unwrap();
+        Some((labels, images))
+    }
+
+    #[test]
+    fn predictions_are_scored_against_the_labels_truth() {
+        let Some((labels, truth)) = test_faces() else {
+            return;
+        };
+        let exact = score_predictions(&truth, &truth, &labels).unwrap();
+        assert_eq!(exact.per_image_nme.len(), 224);
+        assert_eq!(exact.nme, 0.0);
+        // Every point 1 px to the right: each face's NME is 1 / its inter-ocular distance.
+        let mut shifted = truth.clone();
+        for face in shifted.iter_mut().flat_map(|image| image.faces.iter_mut()) {
+            face.points.iter_mut().for_each(|p| p[0] += 1.0);
+        }
+        let metrics = score_predictions(&shifted, &truth, &labels).unwrap();
+        let faces = truth.iter().flat_map(|image| &image.faces);
+        let expected = faces
+            .map(|f| {
+                100.0
+                    / (f.points[36][0] - f.points[45][0]).hypot(f.points[36][1] - f.points[45][1])
+                        as f64
+            })
+            .sum::<f64>()
+            / 224.0;
+        assert!(
+            (metrics.nme - expected).abs() < 1e-4,
+            "{} vs {expected}",
+            metrics.nme
+        );
+        assert_eq!(metrics.normaliser, "inter_ocular");
+        // A file missing a face, or listing faces in another order, is refused.
+        let missing = &truth[1..];
+        assert!(score_predictions(missing, &truth, &labels).is_err());
+        let mut swapped = truth.clone();
+        swapped.swap(0, 1);
+        let error = score_predictions(&swapped, &truth, &labels)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("face 1"), "{error}");
+    }
 
     #[test]
     fn every_arm_builds_a_valid_recipe() {
