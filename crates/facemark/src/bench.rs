@@ -288,8 +288,9 @@ pub fn latency(
 }
 
 impl BenchConfig {
-    /// The benchmark of `name`: a run directory or shipped model (its recipe and weights), else a
-    /// task's recipe (the best one with `best`, else the study's without augmentation), with the
+    /// The benchmark of `name`: a run directory or shipped model (its recipe and weights), a
+    /// directory holding only a recipe (`config.json`, as `train --print-config` writes it:
+    /// freshly initialised weights, to time a net before training it), else a task's recipe (the best one with `best`, else the study's without augmentation), with the
     /// batch size and optionally the input side set.
     pub fn resolve(
         name: &str,
@@ -298,9 +299,13 @@ impl BenchConfig {
         input_size: Option<usize>,
         duration: Duration,
     ) -> Result<Self, crate::study::StudyError> {
-        let (mut train, weights) = match crate::run::load_trained(name, &crate::backend::device()) {
+        let (train, weights) = match crate::run::load_trained(name, &crate::backend::device()) {
             Ok(loaded) => (loaded.config, Some(loaded.source)),
             Err(not_a_model) => {
+                let recipe_only = crate::run::RunDir::new(std::path::Path::new(name));
+                if recipe_only.config().is_file() {
+                    return Self::from_recipe(name, recipe_only.read_config()?, batch_size, input_size, duration);
+                }
                 let Ok(task) = name.parse::<crate::recipe::Task>() else {
                     return Err(not_a_model.into());
                 };
@@ -318,6 +323,20 @@ impl BenchConfig {
                 (config, None)
             }
         };
+        let mut bench = Self::from_recipe(name, train, batch_size, input_size, duration)?;
+        bench.weights = weights;
+        Ok(bench)
+    }
+
+    /// The benchmark of a recipe with fresh weights, the batch size and optionally the input side
+    /// set.
+    fn from_recipe(
+        name: &str,
+        mut train: crate::recipe::TrainConfig,
+        batch_size: usize,
+        input_size: Option<usize>,
+        duration: Duration,
+    ) -> Result<Self, crate::study::StudyError> {
         train.batch_size = batch_size;
         if let Some(size) = input_size
             && !train.set_input_size(size)
@@ -330,7 +349,7 @@ impl BenchConfig {
         Ok(Self {
             name: name.to_owned(),
             train,
-            weights,
+            weights: None,
             duration,
             only: Vec::new(),
         })
