@@ -296,6 +296,10 @@ pub struct TrainArgs {
     /// Add the training faces' mean shape as a log-prior to the heatmap logits (true/false).
     #[arg(long)]
     pub shape_prior: Option<bool>,
+    /// Average each prediction with that on the mirrored image (true/false): better points,
+    /// twice the time per face.
+    #[arg(long)]
+    pub test_time_flip: Option<bool>,
     /// Print the recipe (flags applied) as JSON and exit without training.
     #[arg(long)]
     pub print_config: bool,
@@ -314,6 +318,7 @@ impl TrainArgs {
             no_augment: self.no_augment,
             input_size: self.size,
             training_boxes: self.train_boxes,
+            test_time_flip: self.test_time_flip,
             labels: self.labels.as_ref().map(|p| {
                 // A label file the user names is found from the working folder; otherwise it
                 // is looked up in the data folder.

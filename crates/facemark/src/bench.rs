@@ -304,7 +304,13 @@ impl BenchConfig {
             Err(not_a_model) => {
                 let recipe_only = crate::run::RunDir::new(std::path::Path::new(name));
                 if recipe_only.config().is_file() {
-                    return Self::from_recipe(name, recipe_only.read_config()?, batch_size, input_size, duration);
+                    return Self::from_recipe(
+                        name,
+                        recipe_only.read_config()?,
+                        batch_size,
+                        input_size,
+                        duration,
+                    );
                 }
                 let Ok(task) = name.parse::<crate::recipe::Task>() else {
                     return Err(not_a_model.into());

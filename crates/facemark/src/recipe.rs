@@ -396,6 +396,8 @@ pub struct Overrides {
     /// Face-box labels to train on instead of the task's (a dlib XML or image + .pts folder,
     /// absolute or relative to the data folder): any point count.
     pub labels: Option<PathBuf>,
+    /// Average each prediction with that on the mirrored image (twice the work per face).
+    pub test_time_flip: Option<bool>,
     /// The network's own settings.
     pub model: ModelOverrides,
 }
@@ -410,6 +412,7 @@ impl Overrides {
         set(&mut config.schedule, self.schedule);
         set(&mut config.weight_decay, self.weight_decay);
         set(&mut config.seed, self.seed);
+        set(&mut config.test_time_flip, self.test_time_flip);
         if self.no_augment {
             config.augment = None;
         }
@@ -610,6 +613,19 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(applied(Task::Ibug68, o).unwrap().weight_decay, 1e-4);
+    }
+
+    #[test]
+    fn override_test_time_flip() {
+        let best = TrainConfig::recipe(Task::Heatmap, RecipeKind::Best);
+        assert!(best.test_time_flip);
+        let o = Overrides {
+            test_time_flip: Some(false),
+            ..Default::default()
+        };
+        let mut config = best.clone();
+        o.apply(&mut config).unwrap();
+        assert!(!config.test_time_flip);
     }
 
     #[test]
