@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::Mat;
+use super::conv::{ConvGeometry, Mat};
 
 /// bf16 values in one tile row (64 bytes), and so the depth of one tile step.
 const DEPTH: usize = 32;
@@ -60,6 +60,12 @@ fn detect() -> bool {
 /// measures 16-row and 16-deep products at 0.5-0.7x of gemm's f32 speed, 32 and more at 1.3-2x).
 pub(super) fn pays(m: usize, k: usize) -> bool {
     m >= 2 * EDGE && k >= DEPTH
+}
+
+/// Whether a convolution with `rows` output channels gains from tiles when its column matrix is
+/// packed straight from the image ([`ConvColumns`]), replacing the f32 im2col.
+pub(super) fn pays_packed(rows: usize) -> bool {
+    rows >= EDGE
 }
 
 /// f32 bits rounded to nearest even at bit 16 (bf16 in the top half); a NaN stays a NaN.
@@ -297,10 +303,209 @@ unsafe fn block<const TWO_ROWS: bool, const TWO_COLS: bool>(
     }
 }
 
+/// The right operand of a product, packed into VNNI tiles block by block as the product needs it,
+/// so that a large operand (a convolution's column matrix) is never written out whole.
+pub(super) trait Columns: Sync {
+    /// Depth (rows of the operand).
+    fn depth(&self) -> usize;
+    /// Column tiles (16 columns each).
+    fn tiles(&self) -> usize;
+    /// Packs column tiles `first_tile..` into `tiles` (as many as it holds), zero-padded.
+    fn pack(&self, first_tile: usize, tiles: &mut [u32]);
+    /// Where column tile `tile`'s columns go in a row of the product: `(first index, count)`.
+    fn destination(&self, tile: usize) -> (usize, usize);
+    /// Length of a row of the product.
+    fn row_length(&self) -> usize;
+}
+
+/// A strided `k x n` matrix as [`Columns`].
+struct Strided<'a> {
+    data: &'a [f32],
+    shape: Mat,
+}
+
+impl Columns for Strided<'_> {
+    fn depth(&self) -> usize {
+        self.shape.rows
+    }
+
+    fn tiles(&self) -> usize {
+        blocks(self.shape.cols, EDGE)
+    }
+
+    fn pack(&self, first_tile: usize, tiles: &mut [u32]) {
+        pack_rhs(self.data, self.shape, first_tile, tiles);
+    }
+
+    fn destination(&self, tile: usize) -> (usize, usize) {
+        (tile * EDGE, (self.shape.cols - tile * EDGE).min(EDGE))
+    }
+
+    fn row_length(&self) -> usize {
+        self.shape.cols
+    }
+}
+
+/// One image's convolution column matrix (`[C_in·k_h·k_w, H_out·W_out]`, laid out as
+/// `conv::im2col` would write it) as [`Columns`], packed straight from the image: a column tile is
+/// 16 output pixels of one output row (a row's last tile zero-padded), so with stride 1 each of
+/// its rows is one masked load from an input row.
+pub(super) struct ConvColumns<'a> {
+    g: &'a ConvGeometry,
+    image: &'a [f32],
+    tiles_per_row: usize,
+    /// Each patch position's input plane offset and kernel offsets (less the padding).
+    positions: Vec<(usize, isize, isize)>,
+}
+
+impl<'a> ConvColumns<'a> {
+    pub(super) fn new(g: &'a ConvGeometry, image: &'a [f32]) -> Self {
+        assert!(
+            image.len() >= g.channels_in * g.height * g.width,
+            "the image fits the geometry"
+        );
+        let [kh, kw] = g.kernel;
+        let positions = (0..g.channels_in * kh * kw)
+            .map(|k| {
+                let (ci, r) = (k / (kh * kw), k % (kh * kw));
+                let ky = (r / kw) as isize - g.padding[0] as isize;
+                let kx = (r % kw) as isize - g.padding[1] as isize;
+                (ci * g.height * g.width, ky, kx)
+            })
+            .collect();
+        Self {
+            g,
+            image,
+            tiles_per_row: g.out_width().div_ceil(EDGE),
+            positions,
+        }
+    }
+}
+
+impl Columns for ConvColumns<'_> {
+    fn depth(&self) -> usize {
+        self.g.channels_in * self.g.kernel[0] * self.g.kernel[1]
+    }
+
+    fn tiles(&self) -> usize {
+        self.g.out_height() * self.tiles_per_row
+    }
+
+    fn pack(&self, first_tile: usize, tiles: &mut [u32]) {
+        // SAFETY: AMX tiles imply AVX-512; only called after `available`.
+        unsafe { self.pack_avx512(first_tile, tiles) }
+    }
+
+    fn destination(&self, tile: usize) -> (usize, usize) {
+        let (oy, ox) = (
+            tile / self.tiles_per_row,
+            (tile % self.tiles_per_row) * EDGE,
+        );
+        let width = self.g.out_width();
+        (oy * width + ox, (width - ox).min(EDGE))
+    }
+
+    fn row_length(&self) -> usize {
+        self.g.out_height() * self.g.out_width()
+    }
+}
+
+impl ConvColumns<'_> {
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pack_avx512(&self, first_tile: usize, tiles: &mut [u32]) {
+        use std::arch::x86_64::*;
+        let g = self.g;
+        let depth = self.depth();
+        let depth_steps = blocks(depth, DEPTH);
+        let words_per_tile = TILE / 2;
+        let per_tile_block = depth_steps * words_per_tile;
+        let (height, width) = (g.height as isize, g.width as isize);
+        let out_width = g.out_width();
+        let positions = &self.positions;
+        let (one, half, magnitude_bits, infinity, quiet_bit, high_half) = (
+            _mm512_set1_epi32(1),
+            _mm512_set1_epi32(0x7fff),
+            _mm512_set1_epi32(0x7fff_ffff),
+            _mm512_set1_epi32(0x7f80_0000),
+            _mm512_set1_epi32(0x0040_0000),
+            _mm512_set1_epi32(0xffff_0000u32 as i32),
+        );
+        // The 16 input values of patch position `k` for the tile's pixels (zero outside), as
+        // bf16 bits (round to nearest even; NaN stays NaN) in the top half of each lane. A macro,
+        // not a closure, so that it inlines with this function's AVX-512.
+        macro_rules! rounded_values {
+            ($k:expr, $oy:expr, $ox0:expr, $valid:expr) => {{
+                let (plane, ky, kx) = positions[$k];
+                let iy = ($oy * g.stride[0]) as isize + ky;
+                let values = if iy < 0 || iy >= height {
+                    _mm512_setzero_ps()
+                } else {
+                    let row = &self.image[plane + iy as usize * g.width..][..g.width];
+                    let ix0 = ($ox0 * g.stride[1]) as isize + kx;
+                    if g.stride[1] == 1 {
+                        let first = (-ix0).clamp(0, $valid as isize) as u32;
+                        let end = (width - ix0).clamp(0, $valid as isize) as u32;
+                        let lanes = |n: u32| if n >= 16 { 0xffff } else { (1u16 << n) - 1 };
+                        let mask = lanes(end) & !lanes(first);
+                        // SAFETY: only lanes inside the row are read (masked loads do not touch
+                        // the others); the pointer is offset, never dereferenced, outside it.
+                        unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr().wrapping_offset(ix0)) }
+                    } else {
+                        let mut values = [0.0f32; EDGE];
+                        for (lane, v) in values.iter_mut().enumerate().take($valid) {
+                            let ix = ix0 + (lane * g.stride[1]) as isize;
+                            if (0..width).contains(&ix) {
+                                *v = row[ix as usize];
+                            }
+                        }
+                        // SAFETY: reads the 16 values of a local array.
+                        unsafe { _mm512_loadu_ps(values.as_ptr()) }
+                    }
+                };
+                let bits = _mm512_castps_si512(values);
+                let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), one);
+                let sum = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, half));
+                let magnitude = _mm512_and_si512(bits, magnitude_bits);
+                let nan = _mm512_cmpgt_epu32_mask(magnitude, infinity);
+                _mm512_mask_blend_epi32(nan, sum, _mm512_or_si512(bits, quiet_bit))
+            }};
+        }
+        let tile_count = tiles.len() / per_tile_block;
+        let pairs = depth.div_ceil(2);
+        for t in 0..tile_count {
+            let tile = first_tile + t;
+            let (oy, ox0) = (
+                tile / self.tiles_per_row,
+                (tile % self.tiles_per_row) * EDGE,
+            );
+            let valid = (out_width - ox0).min(EDGE);
+            let block = &mut tiles[t * per_tile_block..][..per_tile_block];
+            for pair in 0..depth_steps * DEPTH / 2 {
+                let word = if pair < pairs {
+                    let low = rounded_values!(2 * pair, oy, ox0, valid);
+                    let high = if 2 * pair + 1 < depth {
+                        rounded_values!(2 * pair + 1, oy, ox0, valid)
+                    } else {
+                        _mm512_setzero_si512()
+                    };
+                    _mm512_or_si512(
+                        _mm512_and_si512(high, high_half),
+                        _mm512_srli_epi32::<16>(low),
+                    )
+                } else {
+                    _mm512_setzero_si512()
+                };
+                let at = (pair / (DEPTH / 2)) * words_per_tile + (pair % (DEPTH / 2)) * EDGE;
+                // SAFETY: `at + 16 <= per_tile_block` (pair < depth_steps * 16).
+                unsafe { _mm512_storeu_si512(block[at..][..EDGE].as_mut_ptr().cast(), word) };
+            }
+        }
+    }
+}
+
 /// `dst = lhs · rhs` (or `+=` with `accumulate`), `dst` row-major `m x n`, operands rounded to
 /// bf16. Only call when [`available`] is true. With `parallel`, column blocks are shared among
 /// rayon's threads.
-#[cfg(target_arch = "x86_64")]
 pub(super) fn matmul(
     dst: &mut [f32],
     lhs: &[f32],
@@ -310,14 +515,37 @@ pub(super) fn matmul(
     accumulate: bool,
     parallel: bool,
 ) {
-    let (m, k, n) = (lhs_shape.rows, lhs_shape.cols, rhs_shape.cols);
+    let rhs = Strided {
+        data: rhs,
+        shape: rhs_shape,
+    };
+    matmul_columns(dst, lhs, lhs_shape, &rhs, accumulate, parallel);
+}
+
+/// `dst = lhs · columns` (or `+=`), `dst` holding `m` rows of `columns.row_length()`.
+pub(super) fn matmul_columns(
+    dst: &mut [f32],
+    lhs: &[f32],
+    lhs_shape: Mat,
+    columns: &impl Columns,
+    accumulate: bool,
+    parallel: bool,
+) {
+    let (m, k, n) = (lhs_shape.rows, lhs_shape.cols, columns.row_length());
     assert!(available(), "AMX tiles are available");
-    assert_eq!(rhs_shape.rows, k, "inner dimensions agree");
+    assert_eq!(columns.depth(), k, "inner dimensions agree");
     assert!(dst.len() >= m * n, "destination holds the product");
+    for tile in 0..columns.tiles() {
+        let (first, count) = columns.destination(tile);
+        assert!(
+            count <= EDGE && first + count <= n,
+            "tile columns inside a row"
+        );
+    }
     if m == 0 || n == 0 {
         return;
     }
-    let (row_tiles, col_tiles, depth_steps) = (blocks(m, EDGE), blocks(n, EDGE), blocks(k, DEPTH));
+    let (row_tiles, col_tiles, depth_steps) = (blocks(m, EDGE), columns.tiles(), blocks(k, DEPTH));
     let mut lhs_packed = vec![0u16; row_tiles * depth_steps * TILE];
     pack_lhs(lhs, lhs_shape, &mut lhs_packed, parallel);
     let lhs_packed = &lhs_packed[..];
@@ -327,16 +555,13 @@ pub(super) fn matmul(
     // Writes accumulator tile (row tile, column tile) into `dst`.
     let write = |dst: *mut f32, row_tile: usize, col_tile: usize, tile: &[f32; EDGE * EDGE]| {
         let rows = (m - row_tile * EDGE).min(EDGE);
-        let cols = (n - col_tile * EDGE).min(EDGE);
+        let (first, cols) = columns.destination(col_tile);
         for r in 0..rows {
             let src = &tile[r * EDGE..][..cols];
-            // SAFETY: row `16 row_tile + r` < m and the columns < n address inside `dst`
-            // (m x n); jobs write disjoint column ranges.
+            // SAFETY: row `16 row_tile + r` < m and the columns (checked above) lie inside a row
+            // of `dst` (m x n); jobs write disjoint column tiles.
             let out = unsafe {
-                std::slice::from_raw_parts_mut(
-                    dst.add((row_tile * EDGE + r) * n + col_tile * EDGE),
-                    cols,
-                )
+                std::slice::from_raw_parts_mut(dst.add((row_tile * EDGE + r) * n + first), cols)
             };
             if accumulate {
                 out.iter_mut().zip(src).for_each(|(o, &v)| *o += v);
@@ -354,7 +579,7 @@ pub(super) fn matmul(
         let tile_count = (col_tiles - first_tile).min(TILES_PER_JOB);
         let mut block_buffer = RHS_BLOCK.take();
         block_buffer.resize(tile_count * words_per_tile_block, 0);
-        pack_rhs(rhs, rhs_shape, first_tile, &mut block_buffer);
+        columns.pack(first_tile, &mut block_buffer);
         configure_tiles();
         let mut out = [[0.0f32; EDGE * EDGE]; 4];
         for col_pair in 0..tile_count.div_ceil(2) {
@@ -595,6 +820,81 @@ mod tests {
                 tr * 1e3,
                 tt * 1e3
             );
+        }
+    }
+
+    #[test]
+    fn convolution_columns_equal_the_rounded_convolution() {
+        if !available() {
+            eprintln!("no AMX on this CPU: skipped");
+            return;
+        }
+        // Widths below, at and above a tile; stride 2; 1x1; padding wider than the kernel's half.
+        let shapes = [
+            (3, 5, 9, 7, [3, 3], [1, 1], [1, 1]),
+            (2, 16, 20, 17, [3, 3], [2, 2], [1, 1]),
+            (17, 33, 6, 40, [3, 3], [1, 1], [1, 1]),
+            (5, 20, 11, 11, [1, 1], [1, 1], [0, 0]),
+            (4, 8, 9, 9, [5, 5], [1, 1], [3, 3]),
+        ];
+        for (i, &(cin, cout, h, w, kernel, stride, padding)) in shapes.iter().enumerate() {
+            let g = ConvGeometry {
+                batch: 1,
+                channels_in: cin,
+                channels_out: cout,
+                height: h,
+                width: w,
+                kernel,
+                stride,
+                padding,
+            };
+            let round = |v: f32| f32::from_bits((to_bf16(v) as u32) << 16);
+            let x = values(cin * h * w, 11 + i as u32);
+            let weight = values(cout * cin * kernel[0] * kernel[1], 13 + i as u32);
+            let (oh, ow) = (g.out_height(), g.out_width());
+            let mut expected = vec![0.0f64; cout * oh * ow];
+            for co in 0..cout {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut sum = 0.0f64;
+                        for ci in 0..cin {
+                            for ky in 0..kernel[0] {
+                                for kx in 0..kernel[1] {
+                                    let iy = (oy * stride[0] + ky) as isize - padding[0] as isize;
+                                    let ix = (ox * stride[1] + kx) as isize - padding[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    let xv = x[(ci * h + iy as usize) * w + ix as usize];
+                                    let wv =
+                                        weight[((co * cin + ci) * kernel[0] + ky) * kernel[1] + kx];
+                                    sum += round(xv) as f64 * round(wv) as f64;
+                                }
+                            }
+                        }
+                        expected[(co * oh + oy) * ow + ox] = sum;
+                    }
+                }
+            }
+            let k = cin * kernel[0] * kernel[1];
+            for parallel in [false, true] {
+                let mut out = vec![f32::NAN; cout * oh * ow];
+                let columns = ConvColumns::new(&g, &x);
+                matmul_columns(
+                    &mut out,
+                    &weight,
+                    Mat::row_major(cout, k),
+                    &columns,
+                    false,
+                    parallel,
+                );
+                for (o, e) in out.iter().zip(&expected) {
+                    assert!(
+                        (*o as f64 - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                        "shape {i}: {o} vs {e}"
+                    );
+                }
+            }
         }
     }
 }

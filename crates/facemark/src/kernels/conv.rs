@@ -376,10 +376,21 @@ pub fn forward(
                 plane.fill(v);
             }
         }
+        let accumulate = bias.is_some();
+        #[cfg(target_arch = "x86_64")]
+        if super::uses_tiles() && amx::pays_packed(g.channels_out) {
+            // The column matrix goes straight into tiles, block by block: never written out.
+            let columns = amx::ConvColumns::new(g, image);
+            let parallel = !matches!(parallelism, Parallelism::None);
+            amx::matmul_columns(out, weight, w, &columns, accumulate, parallel);
+            if relu {
+                out.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+            return;
+        }
         let scratch = if g.is_pointwise() { 0 } else { k * n };
         with_scratch(scratch, |col| {
             let cols_of_image = image_columns(g, image, col);
-            let accumulate = bias.is_some();
             matmul(out, weight, w, cols_of_image, cols, accumulate, parallelism);
         });
         if relu {
