@@ -29,29 +29,32 @@ fn relative_gap(got: &[f32], reference: &[f32]) -> f32 {
 
 #[test]
 fn bf16_convolution_stays_within_bf16_rounding_of_f32() {
-    // Wide enough (64 outputs, depth 288) that the products go to tiles.
-    let g = ConvGeometry {
-        batch: 2,
-        channels_in: 32,
-        channels_out: 64,
-        height: 14,
-        width: 14,
-        kernel: [3, 3],
-        stride: [1, 1],
-        padding: [1, 1],
-    };
-    let x = values(g.batch * 32 * 14 * 14, 3);
-    let w = values(64 * 32 * 9, 5);
-    let dy = values(g.batch * 64 * 14 * 14, 7);
+    // Wide enough (64 outputs, depth 288) that the products go to tiles; 14x14 outputs take the
+    // whole-batch products, 32x32 the per-image ones.
+    for side in [14, 32] {
+        check_geometry(ConvGeometry {
+            batch: 2,
+            channels_in: 32,
+            channels_out: 64,
+            height: side,
+            width: side,
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1, 1],
+        });
+    }
+}
+
+fn check_geometry(g: ConvGeometry) {
+    let x = values(g.batch * g.channels_in * g.height * g.width, 3);
+    let w = values(g.channels_out * g.channels_in * 9, 5);
+    let dy = values(g.batch * g.channels_out * g.height * g.width, 7);
     let run = |precision| {
         kernels::set_precision(precision);
         let y = conv::forward(&g, &x, &w, None, false);
         let grads = conv::backward(&g, &x, &w, &dy, true);
-        (
-            y,
-            grads.input.expect("input gradient asked for"),
-            grads.weight,
-        )
+        let dx = grads.input.expect("input gradient asked for");
+        (y, dx, grads.weight)
     };
     let (y32, dx32, dw32) = run(Precision::F32);
     let (y16, dx16, dw16) = run(Precision::Bf16);
@@ -64,7 +67,7 @@ fn bf16_convolution_stays_within_bf16_rounding_of_f32() {
         let gap = relative_gap(got, reference);
         // Operands carry 8 significant bits (relative rounding 2^-9); sums of a few hundred
         // products of independent roundings stay well inside 1 %.
-        assert!(gap < 1e-2, "{name}: {gap}");
+        assert!(gap < 1e-2, "{name} at {}x{}: {gap}", g.height, g.width);
         if kernels::tiles_available() {
             assert!(gap > 0.0, "{name}: bf16 should round, so differ from f32");
         }

@@ -105,6 +105,12 @@ fn blocks(len: usize, edge: usize) -> usize {
 
 /// Packs `lhs` (`m x k`) into row tiles: tile `(t, s)` holds rows `16t..` and depth `32s..`.
 fn pack_lhs(lhs: &[f32], shape: Mat, packed: &mut [u16], parallel: bool) {
+    // SAFETY: AMX tiles imply AVX-512 (every CPU with AMX has it); only called after `available`.
+    unsafe { pack_lhs_avx512(lhs, shape, packed, parallel) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn pack_lhs_avx512(lhs: &[f32], shape: Mat, packed: &mut [u16], parallel: bool) {
     let depth_steps = blocks(shape.cols, DEPTH);
     let pack_rows = |(t, tiles): (usize, &mut [u16])| {
         for r in 0..EDGE {
@@ -212,6 +218,8 @@ unsafe fn pack_rhs_avx512(rhs: &[f32], shape: Mat, first_tile: usize, tiles: &mu
 }
 
 thread_local! {
+    /// Each thread's packed left operand, kept between calls.
+    static LHS_PACKED: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
     /// Each thread's packed right-operand block, kept between calls.
     static RHS_BLOCK: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
 }
@@ -546,9 +554,15 @@ pub(super) fn matmul_columns(
         return;
     }
     let (row_tiles, col_tiles, depth_steps) = (blocks(m, EDGE), columns.tiles(), blocks(k, DEPTH));
-    let mut lhs_packed = vec![0u16; row_tiles * depth_steps * TILE];
-    pack_lhs(lhs, lhs_shape, &mut lhs_packed, parallel);
-    let lhs_packed = &lhs_packed[..];
+    // This thread's buffer, kept between calls: a fresh one per call (megabytes for a weight
+    // gradient's column matrix) cost more in page faults than the product.
+    let mut lhs_buffer = LHS_PACKED.take();
+    let len = row_tiles * depth_steps * TILE;
+    if lhs_buffer.len() < len {
+        lhs_buffer.resize(len, 0);
+    }
+    pack_lhs(lhs, lhs_shape, &mut lhs_buffer[..len], parallel);
+    let lhs_packed = &lhs_buffer[..len];
     let per_tile_block = depth_steps * TILE;
     let words_per_tile_block = per_tile_block / 2;
 
@@ -651,6 +665,7 @@ pub(super) fn matmul_columns(
     } else {
         (0..jobs).for_each(job);
     }
+    LHS_PACKED.set(lhs_buffer);
 }
 
 #[derive(Clone, Copy)]

@@ -426,6 +426,7 @@ pub fn backward(
     let parallelism = g.inner_parallelism();
 
     let mut dx = want_input.then(|| vec![0.0f32; g.batch * g.in_image()]);
+    let transposed_dw = weight_gradient_transposed(k, n);
     let partial = |images: Range<usize>, mut dx: Option<&mut [f32]>| {
         let mut dw = vec![0.0f32; g.channels_out * k];
         // Column matrices of the input (for dW) and of the input gradient (for dx).
@@ -436,16 +437,21 @@ pub fn backward(
                 let image = &x[b * g.in_image()..][..g.in_image()];
                 let grad = &dy[b * g.out_image()..][..g.out_image()];
                 let cols_of_image = image_columns(g, image, col);
-                let transposed_cols = cols.transposed();
-                matmul(
-                    &mut dw,
-                    grad,
-                    dy_image,
-                    cols_of_image,
-                    transposed_cols,
-                    true,
-                    parallelism,
-                );
+                if transposed_dw {
+                    let dy_t = dy_image.transposed();
+                    matmul(&mut dw, cols_of_image, cols, grad, dy_t, true, parallelism);
+                } else {
+                    let cols_t = cols.transposed();
+                    matmul(
+                        &mut dw,
+                        grad,
+                        dy_image,
+                        cols_of_image,
+                        cols_t,
+                        true,
+                        parallelism,
+                    );
+                }
                 let Some(dx) = dx.as_deref_mut() else {
                     continue;
                 };
@@ -479,10 +485,41 @@ pub fn backward(
     let dw = sum_over_batch(g.batch, g.in_image(), dx.as_deref_mut(), partial)
         .pop()
         .unwrap_or_default();
+    let dw = if transposed_dw {
+        transpose(&dw, k, g.channels_out)
+    } else {
+        dw
+    };
     Gradients {
         input: dx,
         weight: dw,
     }
+}
+
+/// Whether the weight gradient `dW[C_out, K] = dY · colsᵀ` (depth `pixels`) is better computed
+/// as its transpose `cols · dYᵀ` on AMX tiles: `K` rows (usually 32 or more, where tiles pay)
+/// instead of `C_out` (16 in the U-Net's full-resolution layers, where they do not).
+fn weight_gradient_transposed(patch: usize, pixels: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::uses_tiles() && amx::pays(patch, pixels)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (patch, pixels);
+        false
+    }
+}
+
+/// `rows x cols` row-major to its `cols x rows` transpose.
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; rows * cols];
+    for (r, row) in values.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
+    out
 }
 
 /// Images whose output has fewer pixels than this share one matrix product for the whole batch:
@@ -563,15 +600,22 @@ fn backward_whole_batch(
         });
         batch_columns(g, x, col);
         let all_threads = Parallelism::Rayon(0);
-        matmul(
-            &mut dw,
-            dy_all,
-            grads,
-            col,
-            cols.transposed(),
-            false,
-            all_threads,
-        );
+        if weight_gradient_transposed(k, bn) {
+            let mut dw_t = vec![0.0f32; k * g.channels_out];
+            matmul(
+                &mut dw_t,
+                col,
+                cols,
+                dy_all,
+                grads.transposed(),
+                false,
+                all_threads,
+            );
+            dw = transpose(&dw_t, k, g.channels_out);
+        } else {
+            let cols_t = cols.transposed();
+            matmul(&mut dw, dy_all, grads, col, cols_t, false, all_threads);
+        }
         if let Some(dx) = dx.as_mut() {
             matmul(
                 dcol,
