@@ -157,8 +157,9 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Filters { model, out } => {
-            let predictor = Predictor::load(&model)?;
-            facemark::report::write_filters(&predictor.model.net, &out)?;
+            // The learned filters as trained (a predictor's have its batch norm folded in).
+            let loaded = facemark::run::load_trained(&model, &facemark::backend::device())?;
+            facemark::report::write_filters(&loaded.net, &out)?;
             eprintln!("wrote {}", out.display());
             Ok(())
         }

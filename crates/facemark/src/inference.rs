@@ -47,7 +47,7 @@ impl Predictor {
     pub fn load_in(name_or_dir: &str, models: &Path) -> Result<Self, RunError> {
         let device = crate::backend::device();
         let mut model = load_trained_in(name_or_dir, models, &device)?;
-        model.net = model.net.valid();
+        model.net = model.net.valid().fold_batch_norm();
         Ok(Self { model, device })
     }
 
@@ -58,7 +58,7 @@ impl Predictor {
         let model = LoadedModel {
             config,
             contract,
-            net: net.valid(),
+            net: net.valid().fold_batch_norm(),
             source: PathBuf::from("(in memory)"),
         };
         Self {

@@ -616,21 +616,10 @@ pub fn batch_norm(norm: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     y
 }
 
-/// `norm.forward(conv.forward(x))`, then ReLU with `relu`. At inference (no autodiff, or a frozen
-/// norm) the batch norm is folded into the convolution's weights and bias
-/// (`w·γ/√(σ²+ε)`, `β + (b − μ)·γ/√(σ²+ε)`) and the three layers run as one pass on flex.
-pub fn conv_norm(conv: &Conv2d, norm: &BatchNorm, relu: bool, x: Tensor<4>) -> Tensor<4> {
-    let training = x.device().is_autodiff() && norm.training.is_enabled();
-    let options = conv_options(conv);
-    let (false, true, Some(options)) = (training, on_flex(&x), options) else {
-        let y = norm.forward(forward_conv(conv, x));
-        return if relu {
-            burn::tensor::activation::relu(y)
-        } else {
-            y
-        };
-    };
-    let device = x.device();
+/// The convolution's weight and bias with `norm` (frozen) folded in: `w·γ/√(σ²+ε)` and
+/// `β + (b − μ)·γ/√(σ²+ε)`.
+fn folded_weights(conv: &Conv2d, norm: &BatchNorm) -> (Tensor<4>, Tensor<1>) {
+    let device = conv.weight.val().device();
     let scale = norm.gamma.val()
         / norm
             .running_var
@@ -646,6 +635,64 @@ pub fn conv_norm(conv: &Conv2d, norm: &BatchNorm, relu: bool, x: Tensor<4>) -> T
     let bias = norm.beta.val() + shift * scale.clone();
     let channels = scale.dims()[0];
     let weight = conv.weight.val() * scale.reshape([channels, 1, 1, 1]);
+    (weight, bias)
+}
+
+/// A norm that [`fold_norm`] emptied: the identity, marked by ε = 0 (never a trained norm's).
+fn is_folded(norm: &BatchNorm) -> bool {
+    norm.epsilon == 0.0
+}
+
+/// `conv` and `norm` with the norm's running statistics and affine part folded into the
+/// convolution once, for a model that will only infer: [`conv_norm`] otherwise folds them on
+/// every forward pass (for ResNet18, a pass over all its 11 M weights per face). The norm that
+/// comes back is the identity (γ 1, β 0, μ 0, σ² 1, ε 0), so the pair computes what it computed
+/// before on any backend; ε = 0 tells [`conv_norm`] to skip it.
+pub fn fold_norm(conv: Conv2d, norm: BatchNorm) -> (Conv2d, BatchNorm) {
+    use burn::module::{Param, RunningState};
+    if is_folded(&norm) {
+        return (conv, norm);
+    }
+    let (weight, bias) = folded_weights(&conv, &norm);
+    let channels = bias.dims()[0];
+    let device = bias.device();
+    let conv = Conv2d {
+        weight: conv.weight.map(|_| weight),
+        bias: Some(match conv.bias {
+            Some(old) => old.map(|_| bias),
+            None => Param::from_tensor(bias),
+        }),
+        ..conv
+    };
+    let norm = BatchNorm {
+        gamma: norm.gamma.map(|_| Tensor::ones([channels], &device)),
+        beta: norm.beta.map(|_| Tensor::zeros([channels], &device)),
+        running_mean: RunningState::new(Tensor::zeros([channels], &device)),
+        running_var: RunningState::new(Tensor::ones([channels], &device)),
+        epsilon: 0.0,
+        ..norm
+    };
+    (conv, norm)
+}
+
+/// `norm.forward(conv.forward(x))`, then ReLU with `relu`. At inference (no autodiff, or a frozen
+/// norm) the batch norm is folded into the convolution's weights and bias
+/// (`w·γ/√(σ²+ε)`, `β + (b − μ)·γ/√(σ²+ε)`) and the three layers run as one pass on flex.
+pub fn conv_norm(conv: &Conv2d, norm: &BatchNorm, relu: bool, x: Tensor<4>) -> Tensor<4> {
+    let training = x.device().is_autodiff() && norm.training.is_enabled();
+    let options = conv_options(conv);
+    let (false, true, Some(options)) = (training, on_flex(&x), options) else {
+        let y = norm.forward(forward_conv(conv, x));
+        return if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        };
+    };
+    let (weight, bias) = match (&conv.bias, is_folded(norm)) {
+        (Some(bias), true) => (conv.weight.val(), bias.val()),
+        _ => folded_weights(conv, norm),
+    };
     Tensor::from_dispatch(<Dispatch as ConvKernels>::facemark_conv2d_bias_relu(
         x.into_dispatch(),
         weight.into_dispatch(),
@@ -799,6 +846,25 @@ mod tests {
             };
             let fused = conv_norm(&conv, &norm, relu, x.clone());
             assert!(relative_error(&fused, &reference) < 1e-5, "relu {relu}");
+            // Folded once (as a predictor does at load), the pair computes the same, with burn's
+            // own layers too (the emptied norm is the identity).
+            let (folded_conv, folded_norm) = fold_norm(conv.clone(), norm.clone());
+            assert_eq!(folded_norm.epsilon, 0.0);
+            let once = conv_norm(&folded_conv, &folded_norm, relu, x.clone());
+            assert!(
+                relative_error(&once, &reference) < 1e-5,
+                "folded once, relu {relu}"
+            );
+            let burn_layers = folded_norm.forward(folded_conv.forward(x.clone()));
+            let burn_layers = if relu {
+                burn::tensor::activation::relu(burn_layers)
+            } else {
+                burn_layers
+            };
+            assert!(
+                relative_error(&burn_layers, &reference) < 1e-5,
+                "burn's layers, relu {relu}"
+            );
         }
     }
 

@@ -82,4 +82,6 @@ fn uses_tiles() -> bool {
     precision() == Precision::Bf16 && tiles_available()
 }
 
-pub use extension::{batch_norm, conv_norm, conv_transpose2d, conv2d, forward_conv, forward_up};
+pub use extension::{
+    batch_norm, conv_norm, conv_transpose2d, conv2d, fold_norm, forward_conv, forward_up,
+};

@@ -91,6 +91,14 @@ pub struct HeatmapNet {
 }
 
 impl HeatmapNet {
+    /// The same net with each batch norm folded into its convolution, for inference only.
+    pub fn fold_batch_norm(self) -> Self {
+        Self {
+            unet: self.unet.fold_batch_norm(),
+            ..self
+        }
+    }
+
     /// `[batch, 1, H, W] -> [batch, K, H, W]`: the maps as the decoder sees them (probabilities
     /// per map for cross-entropy training, raw values for MSE training).
     pub fn heatmaps(&self, images: Tensor<4>) -> Tensor<4> {

@@ -276,6 +276,18 @@ impl KeypointNet {
         }
     }
 
+    /// The same net with each batch norm folded into its convolution, computing the same
+    /// outputs at inference with less work per pass (a predictor folds once at load). Not for
+    /// training: the folded norms no longer learn.
+    pub fn fold_batch_norm(self) -> Self {
+        match self {
+            KeypointNet::ResNet(m) => KeypointNet::ResNet(m.fold_batch_norm()),
+            KeypointNet::Heatmap(m) => KeypointNet::Heatmap(m.fold_batch_norm()),
+            // Their batch norms (optional in ImmNet) run as burn's own layers.
+            other @ (KeypointNet::Nose(_) | KeypointNet::Imm(_)) => other,
+        }
+    }
+
     /// The training loss on `images` made from `examples`: MSE of the coordinates for regression
     /// networks, the heatmap loss for heatmap networks.
     pub fn loss(&self, images: Tensor<4>, examples: &[Example]) -> Tensor<1> {

@@ -17,7 +17,7 @@ use burn::nn::{
 };
 use burn::prelude::*;
 
-use crate::kernels::conv_norm;
+use crate::kernels::{conv_norm, fold_norm};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +56,11 @@ pub struct Downsample {
 impl Downsample {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         conv_norm(&self.conv, &self.norm, false, x)
+    }
+
+    fn fold_batch_norm(self) -> Self {
+        let (conv, norm) = fold_norm(self.conv, self.norm);
+        Self { conv, norm }
     }
 }
 
@@ -96,6 +101,19 @@ impl BasicBlock {
         let out = conv_norm(&self.conv1, &self.bn1, true, x);
         let out = conv_norm(&self.conv2, &self.bn2, false, out);
         self.activation.forward(out + identity)
+    }
+
+    fn fold_batch_norm(self) -> Self {
+        let (conv1, bn1) = fold_norm(self.conv1, self.bn1);
+        let (conv2, bn2) = fold_norm(self.conv2, self.bn2);
+        Self {
+            conv1,
+            bn1,
+            conv2,
+            bn2,
+            downsample: self.downsample.map(Downsample::fold_batch_norm),
+            ..self
+        }
     }
 }
 
@@ -156,6 +174,22 @@ impl ResNetConfig {
 }
 
 impl ResNet {
+    /// The same net with each batch norm folded into its convolution, for inference only
+    /// ([`fold_norm`]).
+    pub fn fold_batch_norm(self) -> Self {
+        let (stem_conv, stem_norm) = fold_norm(self.stem_conv, self.stem_norm);
+        Self {
+            stem_conv,
+            stem_norm,
+            blocks: self
+                .blocks
+                .into_iter()
+                .map(BasicBlock::fold_batch_norm)
+                .collect(),
+            ..self
+        }
+    }
+
     /// `[batch, 1, H, W] -> [batch, 2K]`, coordinates as fractions of width and height.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let images = if self.standardize_input {

@@ -10,7 +10,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
 
-use crate::kernels::{conv_norm, forward_conv, forward_up};
+use crate::kernels::{conv_norm, fold_norm, forward_conv, forward_up};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +68,18 @@ impl DoubleConv {
         let x = conv_norm(&self.conv1, &self.norm1, true, x);
         conv_norm(&self.conv2, &self.norm2, true, x)
     }
+
+    fn fold_batch_norm(self) -> Self {
+        let (conv1, norm1) = fold_norm(self.conv1, self.norm1);
+        let (conv2, norm2) = fold_norm(self.conv2, self.norm2);
+        Self {
+            conv1,
+            norm1,
+            conv2,
+            norm2,
+            ..self
+        }
+    }
 }
 
 #[derive(Module, Debug)]
@@ -120,6 +132,24 @@ impl UNet {
 
     /// `[batch, 1, H, W] -> [batch, K, H, W]`: one logit map per landmark (H and W divisible by
     /// `2^depth`).
+    /// The same net with each batch norm folded into its convolution, for inference only
+    /// ([`fold_norm`]).
+    pub fn fold_batch_norm(self) -> Self {
+        Self {
+            encoders: self
+                .encoders
+                .into_iter()
+                .map(DoubleConv::fold_batch_norm)
+                .collect(),
+            decoders: self
+                .decoders
+                .into_iter()
+                .map(DoubleConv::fold_batch_norm)
+                .collect(),
+            ..self
+        }
+    }
+
     pub fn forward(&self, images: Tensor<4>) -> Tensor<4> {
         let mut skips = Vec::with_capacity(self.encoders.len());
         let mut x = images;
