@@ -336,6 +336,55 @@ pub(crate) fn conv_out(size: usize, kernel: usize, stride: usize, padding: usize
 mod tests {
     use super::*;
 
+    /// Largest difference between two outputs relative to the largest reference value.
+    fn output_gap(a: Output, b: Output) -> f32 {
+        let values = |o: Output| -> Vec<f32> {
+            match o {
+                Output::Coordinates(t) => t.into_data().try_to_vec().unwrap(),
+                other => other.into_maps().unwrap().into_data().try_to_vec().unwrap(),
+            }
+        };
+        let (a, b) = (values(a), values(b));
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        a.iter()
+            .zip(&b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+            / scale
+    }
+
+    #[test]
+    fn folding_batch_norms_keeps_every_output() {
+        use burn::tensor::Distribution;
+        let train = crate::backend::training_device();
+        let mut resnet = ResNetConfig::default();
+        (resnet.width, resnet.input_size, resnet.points) = (8, 32, 5);
+        let mut heatmap = HeatmapNetConfig::default();
+        (
+            heatmap.unet.base_width,
+            heatmap.unet.input_size,
+            heatmap.unet.points,
+        ) = (4, 32, 5);
+        heatmap.unet.depth = 2;
+        for config in [ModelConfig::ResNet(resnet), ModelConfig::Heatmap(heatmap)] {
+            let net = config.init(&train);
+            // Training passes move every norm's running statistics away from 0 and 1.
+            for _ in 0..3 {
+                let x = Tensor::<4>::random([4, 1, 32, 32], Distribution::Normal(0.3, 1.5), &train);
+                let _ = net.forward(x);
+            }
+            let net = net.valid();
+            let x = Tensor::<4>::random(
+                [2, 1, 32, 32],
+                Distribution::Normal(0.3, 1.5),
+                &crate::backend::device(),
+            );
+            let reference = net.forward(x.clone());
+            let folded = net.fold_batch_norm().forward(x);
+            let gap = output_gap(folded, reference);
+            assert!(gap < 1e-5, "{config:?}: {gap}");
+        }
+    }
+
     #[test]
     fn conv_arithmetic() {
         assert_eq!(conv_out(60, 3, 2, 1), 30);
