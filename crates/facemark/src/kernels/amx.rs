@@ -254,6 +254,10 @@ fn configure_tiles() {
     }
 }
 
+/// [`block`] for one choice of its tile counts.
+type BlockKernel =
+    unsafe fn(*const u16, *const u16, *const u16, *const u16, usize, &mut [[f32; EDGE * EDGE]; 4]);
+
 /// One 32x32 (or smaller, by whole tiles) block of the product: `out` gets `TWO_ROWS + 1` row
 /// tiles by `TWO_COLS + 1` column tiles, 16x16 f32 each, row-major per tile.
 #[cfg(target_arch = "x86_64")]
@@ -610,38 +614,14 @@ pub(super) fn matmul_columns(
                     lhs_tile(first_row),
                     lhs_tile(if two_rows { first_row + 1 } else { first_row }),
                 );
+                let kernel: BlockKernel = match (two_rows, two_cols) {
+                    (true, true) => block::<true, true>,
+                    (true, false) => block::<true, false>,
+                    (false, true) => block::<false, true>,
+                    (false, false) => block::<false, false>,
+                };
                 // SAFETY: every pointer addresses `depth_steps` packed tiles of its buffer.
-                unsafe {
-                    match (two_rows, two_cols) {
-                        (true, true) => {
-                            block::<true, true>(lhs, lhs_next, rhs, rhs_next, depth_steps, &mut out)
-                        }
-                        (true, false) => block::<true, false>(
-                            lhs,
-                            lhs_next,
-                            rhs,
-                            rhs_next,
-                            depth_steps,
-                            &mut out,
-                        ),
-                        (false, true) => block::<false, true>(
-                            lhs,
-                            lhs_next,
-                            rhs,
-                            rhs_next,
-                            depth_steps,
-                            &mut out,
-                        ),
-                        (false, false) => block::<false, false>(
-                            lhs,
-                            lhs_next,
-                            rhs,
-                            rhs_next,
-                            depth_steps,
-                            &mut out,
-                        ),
-                    }
-                }
+                unsafe { kernel(lhs, lhs_next, rhs, rhs_next, depth_steps, &mut out) };
                 let col_tile = first_tile + t;
                 write(dst.0, first_row, col_tile, &out[0]);
                 if two_cols {
