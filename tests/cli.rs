@@ -898,6 +898,66 @@ fn bench_measures_a_shipped_model_by_name() {
     );
 }
 
+/// A folder holding only a recipe (as `train --print-config` writes it) is timed with fresh
+/// weights, its own settings applied: here a one-pass base-8 U-Net.
+#[test]
+fn bench_times_a_recipe_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = facemark(
+        Path::new("no-data-needed"),
+        &[
+            "train",
+            "heatmap",
+            "--recipe",
+            "best",
+            "--width",
+            "8",
+            "--size",
+            "64",
+            "--test-time-flip",
+            "false",
+            "--print-config",
+        ],
+    );
+    assert!(recipe.status.success(), "{}", stderr(&recipe));
+    std::fs::write(dir.path().join("config.json"), stdout(&recipe)).unwrap();
+    let out = facemark(
+        Path::new("no-data-needed"),
+        &[
+            "bench",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--seconds",
+            "0.2",
+            "--batch-size",
+            "2",
+            "--faces",
+            "3",
+            "--only",
+            "inference_synthetic,latency",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let inference = lines
+        .iter()
+        .find(|l| l["bench"] == "inference_synthetic")
+        .unwrap();
+    assert!(
+        inference["images_per_s"].as_f64().unwrap() > 0.0,
+        "{inference}"
+    );
+    let latency = lines.iter().find(|l| l["bench"] == "latency").unwrap();
+    assert_eq!(
+        latency["mirror_average"], false,
+        "the recipe turned the mirror pass off"
+    );
+    assert!(latency["ms_per_face"].as_f64().unwrap() > 0.0, "{latency}");
+}
+
 /// The `.pts` files beside 300-W's images outrank the XML's whole-pixel parts: every test face
 /// switches to them, and the shipped heatmap model's NME from `eval` equals the one computed here,
 /// independently, from its predicted `.pts` files against the truth's `.pts` files.
