@@ -58,7 +58,7 @@ pub enum Command {
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
-        /// Decode a heatmap model's maps this way instead of as trained (argmax, subpixel).
+        /// Decode a heatmap model's maps this way instead of as trained (argmax, subpixel, local_mean).
         #[arg(long)]
         decode: Option<Decoding>,
         /// `detect`: find the faces with facemark's detector instead of using the labels' boxes,

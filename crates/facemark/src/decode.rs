@@ -27,7 +27,14 @@ pub enum Decoding {
     /// Argmax refined by a parabola through the log-values around the peak.
     #[default]
     Subpixel,
+    /// The mean of the pixel centres within two pixels of the peak, weighted by the map's
+    /// probabilities there (integral regression restricted to the peak, so a second mode far
+    /// away does not pull the point).
+    LocalMean,
 }
+
+/// How far from the peak [`Decoding::LocalMean`] looks, in pixels per axis.
+const LOCAL_MEAN_RADIUS: i64 = 2;
 
 impl std::str::FromStr for Decoding {
     type Err = String;
@@ -35,7 +42,10 @@ impl std::str::FromStr for Decoding {
         match s {
             "argmax" => Ok(Self::Argmax),
             "subpixel" => Ok(Self::Subpixel),
-            _ => Err(format!("unknown decoding {s:?} (argmax, subpixel)")),
+            "local_mean" => Ok(Self::LocalMean),
+            _ => Err(format!(
+                "unknown decoding {s:?} (argmax, subpixel, local_mean)"
+            )),
         }
     }
 }
@@ -96,7 +106,7 @@ pub fn map_probabilities(logits: Tensor<4>) -> Tensor<4> {
 pub fn decode_maps(maps: Tensor<4>, decoding: Decoding) -> Tensor<3> {
     let log = match decoding {
         Decoding::Argmax => maps,
-        Decoding::Subpixel => maps.clamp_min(0.0).add_scalar(1e-12).log(),
+        Decoding::Subpixel | Decoding::LocalMean => maps.clamp_min(0.0).add_scalar(1e-12).log(),
     };
     decode_log_maps(log, decoding)
 }
@@ -109,6 +119,11 @@ pub fn decode_log_maps(log_maps: Tensor<4>, decoding: Decoding) -> Tensor<3> {
     let best = log.clone().argmax(1); // [n, 1]
     let bx = best.clone().remainder_scalar(w as i64);
     let by = best.clone().div_scalar(w as i64);
+    if decoding == Decoding::LocalMean {
+        let (x, y) = local_mean(log, best, [h, w]);
+        return Tensor::cat(vec![x.div_scalar(w as f32), y.div_scalar(h as f32)], 1)
+            .reshape([b, k, 2]);
+    }
     let mut x = bx.clone().float().add_scalar(0.5);
     let mut y = by.clone().float().add_scalar(0.5);
     if decoding == Decoding::Subpixel {
@@ -134,6 +149,42 @@ pub fn decode_log_maps(log_maps: Tensor<4>, decoding: Decoding) -> Tensor<3> {
     let x = x.div_scalar(w as f32);
     let y = y.div_scalar(h as f32);
     Tensor::cat(vec![x, y], 1).reshape([b, k, 2])
+}
+
+/// `[n, 1]` x and y (map pixels) of [`Decoding::LocalMean`]: the probability-weighted mean of
+/// the pixel centres in the window around each row's `best` pixel of `log` (`[n, h * w]`
+/// log-values), pixels outside the map left out.
+fn local_mean(log: Tensor<2>, best: Tensor<2, Int>, [h, w]: [usize; 2]) -> (Tensor<2>, Tensor<2>) {
+    let device = log.device();
+    let steps: Vec<i64> = (-LOCAL_MEAN_RADIUS..=LOCAL_MEAN_RADIUS).collect();
+    let (dx, dy): (Vec<i64>, Vec<i64>) = steps
+        .iter()
+        .flat_map(|&dy| steps.iter().map(move |&dx| (dx, dy)))
+        .unzip();
+    let window = dx.len();
+    let row = |values: Vec<i64>| {
+        Tensor::<2, Int>::from_data(TensorData::new(values, [1, window]), &device)
+    };
+    let xs = best.clone().remainder_scalar(w as i64) + row(dx);
+    let ys = best.clone().div_scalar(w as i64) + row(dy);
+    let inside = xs
+        .clone()
+        .greater_equal_elem(0)
+        .bool_and(xs.clone().lower_elem(w as i64))
+        .bool_and(ys.clone().greater_equal_elem(0))
+        .bool_and(ys.clone().lower_elem(h as i64));
+    let index =
+        ys.clone().clamp(0, h as i64 - 1).mul_scalar(w as i64) + xs.clone().clamp(0, w as i64 - 1);
+    let peak = log.clone().gather(1, best);
+    // exp(log - peak) ≤ 1: the probabilities up to the map's constant, without overflow.
+    let weights = (log.gather(1, index) - peak)
+        .exp()
+        .mask_fill(inside.bool_not(), 0.0);
+    let total = weights.clone().sum_dim(1);
+    let mean = |at: Tensor<2, Int>| {
+        (weights.clone() * at.float().add_scalar(0.5)).sum_dim(1) / total.clone()
+    };
+    (mean(xs), mean(ys))
 }
 
 /// The vertex of the parabola through `(−1, before)`, `(0, centre)`, `(1, after)`, clamped to
@@ -175,12 +226,13 @@ mod tests {
         // Raw (MSE-style) maps with negative values.
         maps.push(maps[0].iter().map(|v| v * 3.0 - 0.01).collect());
         let decoded = Output::Heatmaps(maps_tensor(&maps, side));
-        for decoding in [Decoding::Argmax, Decoding::Subpixel] {
+        for decoding in [Decoding::Argmax, Decoding::Subpixel, Decoding::LocalMean] {
             let got = Output::Heatmaps(maps_tensor(&maps, side)).into_point_lists(decoding);
             for (map, point) in maps.iter().zip(&got[0]) {
                 let reference = match decoding {
                     Decoding::Argmax => decode_argmax(map, side),
                     Decoding::Subpixel => decode_subpixel(map, side),
+                    Decoding::LocalMean => local_mean_reference(map, side),
                 };
                 let expected = [reference[0] / side as f32, reference[1] / side as f32];
                 assert!(
@@ -190,6 +242,36 @@ mod tests {
             }
         }
         assert_eq!(decoded.points(Decoding::Subpixel).dims(), [1, 4, 2]);
+    }
+
+    /// The weighted mean of the pixel centres within two pixels of the peak, weights = the
+    /// map's non-negative values.
+    fn local_mean_reference(map: &[f32], side: usize) -> [f32; 2] {
+        let best = decode_argmax(map, side);
+        let (bx, by) = (best[0] as i64, best[1] as i64);
+        let (mut sum, mut sx, mut sy) = (0.0f64, 0.0f64, 0.0f64);
+        for y in (by - 2).max(0)..=(by + 2).min(side as i64 - 1) {
+            for x in (bx - 2).max(0)..=(bx + 2).min(side as i64 - 1) {
+                let v = map[y as usize * side + x as usize].max(0.0) as f64 + 1e-12;
+                sum += v;
+                sx += v * (x as f64 + 0.5);
+                sy += v * (y as f64 + 0.5);
+            }
+        }
+        [(sx / sum) as f32, (sy / sum) as f32]
+    }
+
+    #[test]
+    fn local_mean_finds_a_disc_centre_between_pixels() {
+        // A symmetric disc of four pixels around the corner they share: the mean is that corner,
+        // where argmax (and a parabola through a flat top) stays on a pixel centre.
+        let side = 16;
+        let map = HeatmapTarget::Binary { radius: 0.75 }.render([8.0, 6.0], side, side);
+        assert_eq!(map.iter().filter(|&&v| v > 0.0).count(), 4);
+        let got = Output::Heatmaps(maps_tensor(&[map], side)).into_point_lists(Decoding::LocalMean);
+        let expected = [8.0 / side as f32, 6.0 / side as f32];
+        assert!((got[0][0][0] - expected[0]).abs() < 1e-5, "{:?}", got[0][0]);
+        assert!((got[0][0][1] - expected[1]).abs() < 1e-5, "{:?}", got[0][0]);
     }
 
     #[test]

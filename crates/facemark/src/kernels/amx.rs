@@ -35,6 +35,8 @@ fn detect() -> bool {
     // CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
     let leaf = std::arch::x86_64::__cpuid_count(7, 0);
     let has_amx = leaf.edx & (1 << 22) != 0 && leaf.edx & (1 << 24) != 0;
+    // Packing converts with AVX512-BF16 (every CPU with AMX-BF16 has it; checked all the same).
+    let has_amx = has_amx && std::arch::is_x86_feature_detected!("avx512bf16");
     // Linux hands the 8 KiB tile state out only on request (arch_prctl ARCH_REQ_XCOMP_PERM for
     // XFEATURE_XTILEDATA); the permission holds for every thread of the process.
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
@@ -105,12 +107,74 @@ fn blocks(len: usize, edge: usize) -> usize {
 
 /// Packs `lhs` (`m x k`) into row tiles: tile `(t, s)` holds rows `16t..` and depth `32s..`.
 fn pack_lhs(lhs: &[f32], shape: Mat, packed: &mut [u16], parallel: bool) {
-    // SAFETY: AMX tiles imply AVX-512 (every CPU with AMX has it); only called after `available`.
+    // SAFETY: only called after `available`, which checks AVX512-BF16 (AMX implies AVX-512).
     unsafe { pack_lhs_avx512(lhs, shape, packed, parallel) }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+/// `n ≤ 16` lanes set, from the lowest.
+fn lanes(n: usize) -> u16 {
+    if n >= 16 { 0xffff } else { (1u16 << n) - 1 }
+}
+
+/// Loads the first `count ≤ 16` values at `data[0..]` into a vector, zero in the other lanes.
+///
+/// # Safety
+/// `data` must hold `count` values; needs AVX-512F.
+#[inline(always)]
+unsafe fn load_up_to(data: &[f32], count: usize) -> std::arch::x86_64::__m512 {
+    debug_assert!(count <= data.len());
+    // SAFETY: the mask selects only lanes inside `data`; masked loads touch no other lane.
+    unsafe { std::arch::x86_64::_mm512_maskz_loadu_ps(lanes(count), data.as_ptr()) }
+}
+
+/// 32 values as bf16 (round to nearest even; NaN stays NaN; denormals flush to zero) in order:
+/// `low`'s 16, then `high`'s.
+///
+/// # Safety
+/// Needs AVX512-BF16.
+#[inline(always)]
+unsafe fn bf16_in_order(
+    low: std::arch::x86_64::__m512,
+    high: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller has AVX512-BF16; __m512bh and __m512i are both 64 plain bytes.
+    unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(high, low)) }
+}
+
+/// VNNI words of 16 columns: word `c` holds `low[c]` in its low half and `high[c]` in its high
+/// half, as bf16.
+///
+/// # Safety
+/// Needs AVX512-BF16 and AVX512-BW.
+#[inline(always)]
+unsafe fn bf16_pairs(
+    low: std::arch::x86_64::__m512,
+    high: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    // Halfword `2c` takes `low[c]` (halfword c of the conversion), `2c + 1` takes `high[c]`
+    // (halfword 16 + c).
+    const INTERLEAVE: [u16; 32] = {
+        let mut index = [0u16; 32];
+        let mut c = 0;
+        while c < 16 {
+            index[2 * c] = c as u16;
+            index[2 * c + 1] = 16 + c as u16;
+            c += 1;
+        }
+        index
+    };
+    // SAFETY: the caller has AVX512-BF16 and AVX512-BW; the index is 64 readable bytes.
+    unsafe {
+        let index = _mm512_loadu_si512(INTERLEAVE.as_ptr().cast());
+        _mm512_permutexvar_epi16(index, bf16_in_order(low, high))
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 unsafe fn pack_lhs_avx512(lhs: &[f32], shape: Mat, packed: &mut [u16], parallel: bool) {
+    use std::arch::x86_64::*;
     let depth_steps = blocks(shape.cols, DEPTH);
     let pack_rows = |(t, tiles): (usize, &mut [u16])| {
         for r in 0..EDGE {
@@ -124,15 +188,19 @@ unsafe fn pack_lhs_avx512(lhs: &[f32], shape: Mat, packed: &mut [u16], parallel:
                 let cols = (shape.cols - s * DEPTH).min(DEPTH);
                 if shape.col_stride == 1 {
                     let src = &lhs[row * shape.row_stride as usize + s * DEPTH..][..cols];
-                    for (o, &v) in out.iter_mut().zip(src) {
-                        *o = to_bf16(v);
+                    // SAFETY: AVX512-BF16 is enabled here; each load stays inside `src` and
+                    // the store writes `out`'s 64 bytes.
+                    unsafe {
+                        let low = load_up_to(src, cols.min(EDGE));
+                        let high = load_up_to(&src[cols.min(EDGE)..], cols.saturating_sub(EDGE));
+                        _mm512_storeu_si512(out.as_mut_ptr().cast(), bf16_in_order(low, high));
                     }
                 } else {
                     for (c, o) in out[..cols].iter_mut().enumerate() {
                         *o = to_bf16(at(lhs, shape, row, s * DEPTH + c));
                     }
+                    out[cols..].fill(0);
                 }
-                out[cols..].fill(0);
             }
         }
     };
@@ -161,8 +229,9 @@ fn pack_rhs(rhs: &[f32], shape: Mat, first_tile: usize, tiles: &mut [u32]) {
     unsafe { pack_rhs_avx512(rhs, shape, first_tile, tiles) }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 unsafe fn pack_rhs_avx512(rhs: &[f32], shape: Mat, first_tile: usize, tiles: &mut [u32]) {
+    use std::arch::x86_64::*;
     let depth_steps = blocks(shape.rows, DEPTH);
     let words_per_tile = TILE / 2;
     let (k, n) = (shape.rows, shape.cols);
@@ -181,25 +250,52 @@ unsafe fn pack_rhs_avx512(rhs: &[f32], shape: Mat, first_tile: usize, tiles: &mu
             for t in 0..tile_count {
                 let first = (first_tile + t) * EDGE;
                 let cols = (n - first).min(EDGE);
-                let out = &mut tiles[tile_row(t, pair)..][..cols];
-                let low = &low[first..][..cols];
-                match high {
-                    Some(high) => {
-                        let high = &high[first..][..cols];
-                        for ((o, &l), &h) in out.iter_mut().zip(low).zip(high) {
-                            *o = bf16_pair(l, h);
-                        }
-                    }
-                    None => {
-                        for (o, &l) in out.iter_mut().zip(low) {
-                            *o = bf16_pair(l, 0.0);
-                        }
+                // SAFETY: AVX512-BF16 is enabled here; the loads read `cols` values inside
+                // each row and the store writes the tile row's 16 words.
+                unsafe {
+                    let low = load_up_to(&low[first..], cols);
+                    let high = match high {
+                        Some(high) => load_up_to(&high[first..], cols),
+                        None => _mm512_setzero_ps(),
+                    };
+                    let out = &mut tiles[tile_row(t, pair)..][..EDGE];
+                    _mm512_storeu_si512(out.as_mut_ptr().cast(), bf16_pairs(low, high));
+                }
+            }
+        }
+    } else if shape.row_stride == 1 {
+        // Column-major (a transposed row-major operand): a column's depth values are adjacent,
+        // so 32 of them in memory order are already 16 VNNI pairs; each pair goes to its own
+        // tile row, so the 16 words of a column are scattered 16 words apart.
+        let offsets = _mm512_mullo_epi32(
+            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+            _mm512_set1_epi32(EDGE as i32),
+        );
+        for t in 0..tile_count {
+            let first = (first_tile + t) * EDGE;
+            for c in 0..(n - first).min(EDGE) {
+                let column = &rhs[(first + c) * shape.col_stride as usize..][..k];
+                for s in 0..depth_steps {
+                    let depth = (k - s * DEPTH).min(DEPTH);
+                    let values = &column[s * DEPTH..][..depth];
+                    let at = tile_row(t, s * DEPTH / 2) + c;
+                    // SAFETY: AVX512-BF16 is enabled; the loads stay inside `values`; the
+                    // scatter writes words `at + 16p` (p < 16) of this tile, inside `tiles`.
+                    unsafe {
+                        let words = bf16_in_order(
+                            load_up_to(values, depth.min(EDGE)),
+                            load_up_to(&values[depth.min(EDGE)..], depth.saturating_sub(EDGE)),
+                        );
+                        _mm512_i32scatter_epi32::<4>(
+                            tiles[at..].as_mut_ptr().cast(),
+                            offsets,
+                            words,
+                        );
                     }
                 }
             }
         }
     } else {
-        // Column-major (a transposed operand): each column's depth values are adjacent.
         for t in 0..tile_count {
             let first = (first_tile + t) * EDGE;
             for c in 0..(n - first).min(EDGE) {
@@ -423,7 +519,7 @@ impl Columns for ConvColumns<'_> {
 }
 
 impl ConvColumns<'_> {
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn pack_avx512(&self, first_tile: usize, tiles: &mut [u32]) {
         use std::arch::x86_64::*;
         let g = self.g;
@@ -434,30 +530,20 @@ impl ConvColumns<'_> {
         let (height, width) = (g.height as isize, g.width as isize);
         let out_width = g.out_width();
         let positions = &self.positions;
-        let (one, half, magnitude_bits, infinity, quiet_bit, high_half) = (
-            _mm512_set1_epi32(1),
-            _mm512_set1_epi32(0x7fff),
-            _mm512_set1_epi32(0x7fff_ffff),
-            _mm512_set1_epi32(0x7f80_0000),
-            _mm512_set1_epi32(0x0040_0000),
-            _mm512_set1_epi32(0xffff_0000u32 as i32),
-        );
-        // The 16 input values of patch position `k` for the tile's pixels (zero outside), as
-        // bf16 bits (round to nearest even; NaN stays NaN) in the top half of each lane. A macro,
-        // not a closure, so that it inlines with this function's AVX-512.
-        macro_rules! rounded_values {
+        // The 16 input values of patch position `k` for the tile's pixels (zero outside). A
+        // macro, not a closure, so that it inlines with this function's AVX-512.
+        macro_rules! patch_values {
             ($k:expr, $oy:expr, $ox0:expr, $valid:expr) => {{
                 let (plane, ky, kx) = positions[$k];
                 let iy = ($oy * g.stride[0]) as isize + ky;
-                let values = if iy < 0 || iy >= height {
+                if iy < 0 || iy >= height {
                     _mm512_setzero_ps()
                 } else {
                     let row = &self.image[plane + iy as usize * g.width..][..g.width];
                     let ix0 = ($ox0 * g.stride[1]) as isize + kx;
                     if g.stride[1] == 1 {
-                        let first = (-ix0).clamp(0, $valid as isize) as u32;
-                        let end = (width - ix0).clamp(0, $valid as isize) as u32;
-                        let lanes = |n: u32| if n >= 16 { 0xffff } else { (1u16 << n) - 1 };
+                        let first = (-ix0).clamp(0, $valid as isize) as usize;
+                        let end = (width - ix0).clamp(0, $valid as isize) as usize;
                         let mask = lanes(end) & !lanes(first);
                         // SAFETY: only lanes inside the row are read (masked loads do not touch
                         // the others); the pointer is offset, never dereferenced, outside it.
@@ -473,13 +559,7 @@ impl ConvColumns<'_> {
                         // SAFETY: reads the 16 values of a local array.
                         unsafe { _mm512_loadu_ps(values.as_ptr()) }
                     }
-                };
-                let bits = _mm512_castps_si512(values);
-                let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), one);
-                let sum = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, half));
-                let magnitude = _mm512_and_si512(bits, magnitude_bits);
-                let nan = _mm512_cmpgt_epu32_mask(magnitude, infinity);
-                _mm512_mask_blend_epi32(nan, sum, _mm512_or_si512(bits, quiet_bit))
+                }
             }};
         }
         let tile_count = tiles.len() / per_tile_block;
@@ -494,16 +574,14 @@ impl ConvColumns<'_> {
             let block = &mut tiles[t * per_tile_block..][..per_tile_block];
             for pair in 0..depth_steps * DEPTH / 2 {
                 let word = if pair < pairs {
-                    let low = rounded_values!(2 * pair, oy, ox0, valid);
+                    let low = patch_values!(2 * pair, oy, ox0, valid);
                     let high = if 2 * pair + 1 < depth {
-                        rounded_values!(2 * pair + 1, oy, ox0, valid)
+                        patch_values!(2 * pair + 1, oy, ox0, valid)
                     } else {
-                        _mm512_setzero_si512()
+                        _mm512_setzero_ps()
                     };
-                    _mm512_or_si512(
-                        _mm512_and_si512(high, high_half),
-                        _mm512_srli_epi32::<16>(low),
-                    )
+                    // SAFETY: AVX512-BF16 and AVX512-BW are enabled here.
+                    unsafe { bf16_pairs(low, high) }
                 } else {
                     _mm512_setzero_si512()
                 };
