@@ -420,10 +420,10 @@ pub(super) trait Columns: Sync {
     fn tiles(&self) -> usize;
     /// Packs column tiles `first_tile..` into `tiles` (as many as it holds), zero-padded.
     fn pack(&self, first_tile: usize, tiles: &mut [u32]);
-    /// Where column tile `tile`'s columns go in a row of the product: `(first index, count)`.
+    /// Where column tile `tile`'s columns go in the product's first row: `(index, count)`.
     fn destination(&self, tile: usize) -> (usize, usize);
-    /// Length of a row of the product.
-    fn row_length(&self) -> usize;
+    /// Distance between the product's rows in the destination.
+    fn row_stride(&self) -> usize;
 }
 
 /// A strided `k x n` matrix as [`Columns`].
@@ -449,28 +449,30 @@ impl Columns for Strided<'_> {
         (tile * EDGE, (self.shape.cols - tile * EDGE).min(EDGE))
     }
 
-    fn row_length(&self) -> usize {
+    fn row_stride(&self) -> usize {
         self.shape.cols
     }
 }
 
-/// One image's convolution column matrix (`[C_in·k_h·k_w, H_out·W_out]`, laid out as
-/// `conv::im2col` would write it) as [`Columns`], packed straight from the image: a column tile is
-/// 16 output pixels of one output row (a row's last tile zero-padded), so with stride 1 each of
-/// its rows is one masked load from an input row.
+/// A batch's convolution column matrices (per image `[C_in·k_h·k_w, H_out·W_out]`, laid out as
+/// `conv::im2col` would write it) as [`Columns`], packed straight from the images: a column tile
+/// is 16 output pixels of one output row of one image (a row's last tile zero-padded), so with
+/// stride 1 each of its rows is one masked load from an input row. The product lands as
+/// `[B, C_out, H_out·W_out]`, so one product serves the whole batch and its weights are packed
+/// once.
 pub(super) struct ConvColumns<'a> {
     g: &'a ConvGeometry,
-    image: &'a [f32],
+    images: &'a [f32],
     tiles_per_row: usize,
     /// Each patch position's input plane offset and kernel offsets (less the padding).
     positions: Vec<(usize, isize, isize)>,
 }
 
 impl<'a> ConvColumns<'a> {
-    pub(super) fn new(g: &'a ConvGeometry, image: &'a [f32]) -> Self {
+    pub(super) fn new(g: &'a ConvGeometry, images: &'a [f32]) -> Self {
         assert!(
-            image.len() >= g.channels_in * g.height * g.width,
-            "the image fits the geometry"
+            images.len() >= g.batch * g.channels_in * g.height * g.width,
+            "the images fit the geometry"
         );
         let [kh, kw] = g.kernel;
         let positions = (0..g.channels_in * kh * kw)
@@ -483,10 +485,14 @@ impl<'a> ConvColumns<'a> {
             .collect();
         Self {
             g,
-            image,
+            images,
             tiles_per_row: g.out_width().div_ceil(EDGE),
             positions,
         }
+    }
+
+    fn tiles_per_image(&self) -> usize {
+        self.g.out_height() * self.tiles_per_row
     }
 }
 
@@ -496,7 +502,7 @@ impl Columns for ConvColumns<'_> {
     }
 
     fn tiles(&self) -> usize {
-        self.g.out_height() * self.tiles_per_row
+        self.g.batch * self.tiles_per_image()
     }
 
     fn pack(&self, first_tile: usize, tiles: &mut [u32]) {
@@ -505,15 +511,19 @@ impl Columns for ConvColumns<'_> {
     }
 
     fn destination(&self, tile: usize) -> (usize, usize) {
+        let (image, tile) = (tile / self.tiles_per_image(), tile % self.tiles_per_image());
         let (oy, ox) = (
             tile / self.tiles_per_row,
             (tile % self.tiles_per_row) * EDGE,
         );
-        let width = self.g.out_width();
-        (oy * width + ox, (width - ox).min(EDGE))
+        let (width, plane) = (self.g.out_width(), self.g.out_height() * self.g.out_width());
+        (
+            image * self.g.channels_out * plane + oy * width + ox,
+            (width - ox).min(EDGE),
+        )
     }
 
-    fn row_length(&self) -> usize {
+    fn row_stride(&self) -> usize {
         self.g.out_height() * self.g.out_width()
     }
 }
@@ -533,13 +543,13 @@ impl ConvColumns<'_> {
         // The 16 input values of patch position `k` for the tile's pixels (zero outside). A
         // macro, not a closure, so that it inlines with this function's AVX-512.
         macro_rules! patch_values {
-            ($k:expr, $oy:expr, $ox0:expr, $valid:expr) => {{
+            ($image:expr, $k:expr, $oy:expr, $ox0:expr, $valid:expr) => {{
                 let (plane, ky, kx) = positions[$k];
                 let iy = ($oy * g.stride[0]) as isize + ky;
                 if iy < 0 || iy >= height {
                     _mm512_setzero_ps()
                 } else {
-                    let row = &self.image[plane + iy as usize * g.width..][..g.width];
+                    let row = &$image[plane + iy as usize * g.width..][..g.width];
                     let ix0 = ($ox0 * g.stride[1]) as isize + kx;
                     if g.stride[1] == 1 {
                         let first = (-ix0).clamp(0, $valid as isize) as usize;
@@ -564,8 +574,10 @@ impl ConvColumns<'_> {
         }
         let tile_count = tiles.len() / per_tile_block;
         let pairs = depth.div_ceil(2);
+        let (per_image, image_len) = (self.tiles_per_image(), g.channels_in * g.height * g.width);
         for t in 0..tile_count {
-            let tile = first_tile + t;
+            let (image, tile) = ((first_tile + t) / per_image, (first_tile + t) % per_image);
+            let image = &self.images[image * image_len..][..image_len];
             let (oy, ox0) = (
                 tile / self.tiles_per_row,
                 (tile % self.tiles_per_row) * EDGE,
@@ -574,9 +586,9 @@ impl ConvColumns<'_> {
             let block = &mut tiles[t * per_tile_block..][..per_tile_block];
             for pair in 0..depth_steps * DEPTH / 2 {
                 let word = if pair < pairs {
-                    let low = patch_values!(2 * pair, oy, ox0, valid);
+                    let low = patch_values!(image, 2 * pair, oy, ox0, valid);
                     let high = if 2 * pair + 1 < depth {
-                        patch_values!(2 * pair + 1, oy, ox0, valid)
+                        patch_values!(image, 2 * pair + 1, oy, ox0, valid)
                     } else {
                         _mm512_setzero_ps()
                     };
@@ -609,31 +621,32 @@ pub(super) fn matmul(
         data: rhs,
         shape: rhs_shape,
     };
-    matmul_columns(dst, lhs, lhs_shape, &rhs, accumulate, parallel);
+    matmul_columns(dst, lhs, lhs_shape, &rhs, accumulate, false, parallel);
 }
 
-/// `dst = lhs · columns` (or `+=`), `dst` holding `m` rows of `columns.row_length()`.
+/// `dst = lhs · columns` (or `+=`), each row `columns.row_stride()` after the one before, and
+/// with `relu` negative sums set to 0 as they are stored.
 pub(super) fn matmul_columns(
     dst: &mut [f32],
     lhs: &[f32],
     lhs_shape: Mat,
     columns: &impl Columns,
     accumulate: bool,
+    relu: bool,
     parallel: bool,
 ) {
-    let (m, k, n) = (lhs_shape.rows, lhs_shape.cols, columns.row_length());
+    let (m, k, stride) = (lhs_shape.rows, lhs_shape.cols, columns.row_stride());
     assert!(available(), "AMX tiles are available");
     assert_eq!(columns.depth(), k, "inner dimensions agree");
-    assert!(dst.len() >= m * n, "destination holds the product");
+    if m == 0 || columns.tiles() == 0 {
+        return;
+    }
     for tile in 0..columns.tiles() {
         let (first, count) = columns.destination(tile);
         assert!(
-            count <= EDGE && first + count <= n,
-            "tile columns inside a row"
+            count <= EDGE && count <= stride && first + (m - 1) * stride + count <= dst.len(),
+            "tile columns inside the destination"
         );
-    }
-    if m == 0 || n == 0 {
-        return;
     }
     let (row_tiles, col_tiles, depth_steps) = (blocks(m, EDGE), columns.tiles(), blocks(k, DEPTH));
     // This thread's buffer, kept between calls: a fresh one per call (megabytes for a weight
@@ -654,15 +667,22 @@ pub(super) fn matmul_columns(
         let (first, cols) = columns.destination(col_tile);
         for r in 0..rows {
             let src = &tile[r * EDGE..][..cols];
-            // SAFETY: row `16 row_tile + r` < m and the columns (checked above) lie inside a row
-            // of `dst` (m x n); jobs write disjoint column tiles.
+            // SAFETY: row `16 row_tile + r` < m and the tile's columns lie inside `dst` in every
+            // row (checked above); jobs write disjoint column tiles.
             let out = unsafe {
-                std::slice::from_raw_parts_mut(dst.add((row_tile * EDGE + r) * n + first), cols)
+                std::slice::from_raw_parts_mut(
+                    dst.add((row_tile * EDGE + r) * stride + first),
+                    cols,
+                )
             };
-            if accumulate {
-                out.iter_mut().zip(src).for_each(|(o, &v)| *o += v);
-            } else {
-                out.copy_from_slice(src);
+            match (accumulate, relu) {
+                (false, false) => out.copy_from_slice(src),
+                (true, false) => out.iter_mut().zip(src).for_each(|(o, &v)| *o += v),
+                (false, true) => out.iter_mut().zip(src).for_each(|(o, &v)| *o = v.max(0.0)),
+                (true, true) => out
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(o, &v)| *o = (*o + v).max(0.0)),
             }
         }
     };
@@ -910,9 +930,11 @@ mod tests {
             (5, 20, 11, 11, [1, 1], [1, 1], [0, 0]),
             (4, 8, 9, 9, [5, 5], [1, 1], [3, 3]),
         ];
+        // A batch of two images: one product writes both outputs, `[B, C_out, H_out·W_out]`.
+        let batch = 2;
         for (i, &(cin, cout, h, w, kernel, stride, padding)) in shapes.iter().enumerate() {
             let g = ConvGeometry {
-                batch: 1,
+                batch,
                 channels_in: cin,
                 channels_out: cout,
                 height: h,
@@ -922,36 +944,42 @@ mod tests {
                 padding,
             };
             let round = |v: f32| f32::from_bits((to_bf16(v) as u32) << 16);
-            let x = values(cin * h * w, 11 + i as u32);
+            let x = values(batch * cin * h * w, 11 + i as u32);
             let weight = values(cout * cin * kernel[0] * kernel[1], 13 + i as u32);
             let (oh, ow) = (g.out_height(), g.out_width());
-            let mut expected = vec![0.0f64; cout * oh * ow];
-            for co in 0..cout {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let mut sum = 0.0f64;
-                        for ci in 0..cin {
-                            for ky in 0..kernel[0] {
-                                for kx in 0..kernel[1] {
-                                    let iy = (oy * stride[0] + ky) as isize - padding[0] as isize;
-                                    let ix = (ox * stride[1] + kx) as isize - padding[1] as isize;
-                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                        continue;
+            let mut expected = vec![0.0f64; batch * cout * oh * ow];
+            for b in 0..batch {
+                let image = &x[b * cin * h * w..];
+                for co in 0..cout {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let mut sum = 0.0f64;
+                            for ci in 0..cin {
+                                for ky in 0..kernel[0] {
+                                    for kx in 0..kernel[1] {
+                                        let iy =
+                                            (oy * stride[0] + ky) as isize - padding[0] as isize;
+                                        let ix =
+                                            (ox * stride[1] + kx) as isize - padding[1] as isize;
+                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize
+                                        {
+                                            continue;
+                                        }
+                                        let xv = image[(ci * h + iy as usize) * w + ix as usize];
+                                        let wv = weight
+                                            [((co * cin + ci) * kernel[0] + ky) * kernel[1] + kx];
+                                        sum += round(xv) as f64 * round(wv) as f64;
                                     }
-                                    let xv = x[(ci * h + iy as usize) * w + ix as usize];
-                                    let wv =
-                                        weight[((co * cin + ci) * kernel[0] + ky) * kernel[1] + kx];
-                                    sum += round(xv) as f64 * round(wv) as f64;
                                 }
                             }
+                            expected[((b * cout + co) * oh + oy) * ow + ox] = sum;
                         }
-                        expected[(co * oh + oy) * ow + ox] = sum;
                     }
                 }
             }
             let k = cin * kernel[0] * kernel[1];
-            for parallel in [false, true] {
-                let mut out = vec![f32::NAN; cout * oh * ow];
+            for (parallel, relu) in [(false, false), (true, false), (true, true)] {
+                let mut out = vec![f32::NAN; batch * cout * oh * ow];
                 let columns = ConvColumns::new(&g, &x);
                 matmul_columns(
                     &mut out,
@@ -959,9 +987,11 @@ mod tests {
                     Mat::row_major(cout, k),
                     &columns,
                     false,
+                    relu,
                     parallel,
                 );
                 for (o, e) in out.iter().zip(&expected) {
+                    let e = if relu { e.max(0.0) } else { *e };
                     assert!(
                         (*o as f64 - e).abs() <= 1e-4 * (1.0 + e.abs()),
                         "shape {i}: {o} vs {e}"

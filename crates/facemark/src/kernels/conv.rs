@@ -372,11 +372,25 @@ pub fn forward(
     bias: Option<&[f32]>,
     relu: bool,
 ) -> Vec<f32> {
+    let (k, n) = (g.patch(), g.out_plane());
+    let w = Mat::row_major(g.channels_out, k);
+    #[cfg(target_arch = "x86_64")]
+    if super::uses_tiles() && amx::pays_packed(g.channels_out) {
+        // One product for the whole batch (weights packed once, the threads sharing every
+        // image's column tiles); the column matrices go straight into tiles, never written out.
+        let mut y = vec![0.0f32; g.batch * g.out_image()];
+        if let Some(bias) = bias {
+            for (plane, &v) in y.chunks_mut(n).zip(bias.iter().cycle()) {
+                plane.fill(v);
+            }
+        }
+        let columns = amx::ConvColumns::new(g, x);
+        amx::matmul_columns(&mut y, weight, w, &columns, bias.is_some(), relu, true);
+        return y;
+    }
     if g.whole_batch() {
         return forward_whole_batch(g, x, weight, bias, relu);
     }
-    let (k, n) = (g.patch(), g.out_plane());
-    let w = Mat::row_major(g.channels_out, k);
     let cols = Mat::row_major(k, n);
     let parallelism = g.inner_parallelism();
     let mut y = vec![0.0f32; g.batch * g.out_image()];
@@ -388,17 +402,6 @@ pub fn forward(
             }
         }
         let accumulate = bias.is_some();
-        #[cfg(target_arch = "x86_64")]
-        if super::uses_tiles() && amx::pays_packed(g.channels_out) {
-            // The column matrix goes straight into tiles, block by block: never written out.
-            let columns = amx::ConvColumns::new(g, image);
-            let parallel = !matches!(parallelism, Parallelism::None);
-            amx::matmul_columns(out, weight, w, &columns, accumulate, parallel);
-            if relu {
-                out.iter_mut().for_each(|v| *v = v.max(0.0));
-            }
-            return;
-        }
         let scratch = if g.is_pointwise() { 0 } else { k * n };
         with_scratch(scratch, |col| {
             let cols_of_image = image_columns(g, image, col);
