@@ -318,6 +318,8 @@ thread_local! {
     static LHS_PACKED: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
     /// Each thread's packed right-operand block, kept between calls.
     static RHS_BLOCK: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Each thread's bf16 copy of a convolution's images ([`ConvInPlace`]), kept between calls.
+    static IN_PLACE_WORDS: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The 64-byte tile configuration (`LDTILECFG`'s operand).
@@ -350,9 +352,23 @@ fn configure_tiles() {
     }
 }
 
+/// Where a block's right tiles lie: depth step `s` at `rhs + steps[s]` (bf16 units), its rows
+/// `stride` bytes apart.
+#[derive(Clone, Copy)]
+struct RhsSteps<'a> {
+    steps: &'a [usize],
+    stride: usize,
+}
+
 /// [`block`] for one choice of its tile counts.
-type BlockKernel =
-    unsafe fn(*const u16, *const u16, *const u16, *const u16, usize, &mut [[f32; EDGE * EDGE]; 4]);
+type BlockKernel = unsafe fn(
+    *const u16,
+    *const u16,
+    *const u16,
+    *const u16,
+    RhsSteps,
+    &mut [[f32; EDGE * EDGE]; 4],
+);
 
 /// One 32x32 (or smaller, by whole tiles) block of the product: `out` gets `TWO_ROWS + 1` row
 /// tiles by `TWO_COLS + 1` column tiles, 16x16 f32 each, row-major per tile.
@@ -363,13 +379,14 @@ unsafe fn block<const TWO_ROWS: bool, const TWO_COLS: bool>(
     lhs_next: *const u16,
     rhs: *const u16,
     rhs_next: *const u16,
-    depth_steps: usize,
+    rhs_steps: RhsSteps,
     out: &mut [[f32; EDGE * EDGE]; 4],
 ) {
     use std::arch::asm;
     let stride = ROW_BYTES;
-    // SAFETY (whole body): the caller passes pointers to `depth_steps` packed tiles each, and the
-    // tiles were configured by `configure_tiles` on this thread.
+    let rhs_stride = rhs_steps.stride;
+    // SAFETY (whole body): the caller passes packed left tiles for every step and right tiles
+    // at every step's offset, and the tiles were configured by `configure_tiles` on this thread.
     unsafe {
         asm!("tilezero tmm0", options(nostack, nomem));
         if TWO_COLS {
@@ -381,13 +398,13 @@ unsafe fn block<const TWO_ROWS: bool, const TWO_COLS: bool>(
         if TWO_ROWS && TWO_COLS {
             asm!("tilezero tmm3", options(nostack, nomem));
         }
-        for s in 0..depth_steps {
+        for (s, &step) in rhs_steps.steps.iter().enumerate() {
             let offset = s * TILE;
             asm!("tileloadd tmm4, [{0} + {1}]", in(reg) lhs.add(offset), in(reg) stride, options(nostack, readonly));
-            asm!("tileloadd tmm6, [{0} + {1}]", in(reg) rhs.add(offset), in(reg) stride, options(nostack, readonly));
+            asm!("tileloadd tmm6, [{0} + {1}]", in(reg) rhs.add(step), in(reg) rhs_stride, options(nostack, readonly));
             asm!("tdpbf16ps tmm0, tmm4, tmm6", options(nostack, nomem));
             if TWO_COLS {
-                asm!("tileloadd tmm7, [{0} + {1}]", in(reg) rhs_next.add(offset), in(reg) stride, options(nostack, readonly));
+                asm!("tileloadd tmm7, [{0} + {1}]", in(reg) rhs_next.add(step), in(reg) rhs_stride, options(nostack, readonly));
                 asm!("tdpbf16ps tmm1, tmm4, tmm7", options(nostack, nomem));
             }
             if TWO_ROWS {
@@ -424,6 +441,19 @@ pub(super) trait Columns: Sync {
     fn destination(&self, tile: usize) -> (usize, usize);
     /// Distance between the product's rows in the destination.
     fn row_stride(&self) -> usize;
+    /// Tiles the product can read where they lie, with no packing (see [`InPlace`]).
+    fn in_place(&self) -> Option<InPlace<'_>> {
+        None
+    }
+}
+
+/// Right tiles read in place: column tile `t`, depth step `s` starts at word
+/// `origins[t] + steps[s]` of `words` (VNNI pairs), its 16 rows `stride_words` apart.
+pub(super) struct InPlace<'a> {
+    words: &'a [u32],
+    origins: Vec<usize>,
+    steps: Vec<usize>,
+    stride_words: usize,
 }
 
 /// A strided `k x n` matrix as [`Columns`].
@@ -511,16 +541,7 @@ impl Columns for ConvColumns<'_> {
     }
 
     fn destination(&self, tile: usize) -> (usize, usize) {
-        let (image, tile) = (tile / self.tiles_per_image(), tile % self.tiles_per_image());
-        let (oy, ox) = (
-            tile / self.tiles_per_row,
-            (tile % self.tiles_per_row) * EDGE,
-        );
-        let (width, plane) = (self.g.out_width(), self.g.out_height() * self.g.out_width());
-        (
-            image * self.g.channels_out * plane + oy * width + ox,
-            (width - ox).min(EDGE),
-        )
+        conv_destination(self.g, self.tiles_per_row, tile)
     }
 
     fn row_stride(&self) -> usize {
@@ -605,6 +626,263 @@ impl ConvColumns<'_> {
     }
 }
 
+/// Whether a convolution can read its column tiles in place ([`ConvInPlace`]): stride 1 and at
+/// least 16 input channels (fewer would leave most of each 32-deep step zero).
+pub(super) fn reads_in_place(g: &ConvGeometry) -> bool {
+    g.stride == [1, 1] && g.channels_in >= EDGE && pays_packed(g.channels_out)
+}
+
+/// A stride-1 convolution's column matrices, never built: the images are copied once into bf16
+/// planes, zero-padded, with channels `2p` and `2p + 1` interleaved in plane `p` (a VNNI pair per
+/// pixel), so the 16 pixels of a column tile at one kernel offset and 32 channels are 16 rows of
+/// 64 contiguous bytes, one plane apart: one tile load, no packing. Depth runs kernel offset by
+/// offset, 32 channels each (zero channels pad the last 32), so the weights are rearranged to
+/// match ([`ConvInPlace::weights`]).
+pub(super) struct ConvInPlace<'a> {
+    g: &'a ConvGeometry,
+    words: Vec<u32>,
+    /// Channel blocks of 32 (16 planes each).
+    channel_blocks: usize,
+    padded: [usize; 2],
+    tiles_per_row: usize,
+}
+
+impl<'a> ConvInPlace<'a> {
+    pub(super) fn new(g: &'a ConvGeometry, images: &[f32]) -> Self {
+        assert!(g.stride == [1, 1], "stride 1");
+        let (h, w) = (g.height, g.width);
+        assert!(
+            images.len() >= g.batch * g.channels_in * h * w,
+            "the images fit the geometry"
+        );
+        let channel_blocks = g.channels_in.div_ceil(DEPTH);
+        let padded = [h + 2 * g.padding[0], w + 2 * g.padding[1]];
+        let plane = padded[0] * padded[1];
+        let planes = g.batch * channel_blocks * EDGE;
+        // A tile of the last row may read up to 15 words past the last plane (its columns past
+        // the output row are thrown away).
+        // Every word is written below (padding as zeros), so a reused buffer needs no clearing.
+        let mut words = IN_PLACE_WORDS.take();
+        words.resize(planes * plane + EDGE, 0);
+        words[planes * plane..].fill(0);
+        let channel = |b: usize, c: usize| &images[(b * g.channels_in + c) * h * w..][..h * w];
+        let [top, left] = g.padding;
+        words[..planes * plane]
+            .par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(i, out)| {
+                let (b, p) = (i / (channel_blocks * EDGE), i % (channel_blocks * EDGE));
+                if 2 * p >= g.channels_in {
+                    out.fill(0);
+                    return;
+                }
+                let low = channel(b, 2 * p);
+                let high = (2 * p + 1 < g.channels_in).then(|| channel(b, 2 * p + 1));
+                out[..top * padded[1]].fill(0);
+                out[(top + h) * padded[1]..].fill(0);
+                for y in 0..h {
+                    let row = &mut out[(y + top) * padded[1]..][..padded[1]];
+                    row[..left].fill(0);
+                    row[left + w..].fill(0);
+                    // SAFETY: only called after `available`, which checks AVX512-BF16.
+                    unsafe {
+                        interleave_row(
+                            &low[y * w..][..w],
+                            high.map(|c| &c[y * w..][..w]),
+                            &mut row[left..][..w],
+                        )
+                    };
+                }
+            });
+        Self {
+            g,
+            words,
+            channel_blocks,
+            padded,
+            tiles_per_row: g.out_width().div_ceil(EDGE),
+        }
+    }
+
+    /// Depth of the product: 32 channels per block, for every kernel offset.
+    fn padded_depth(&self) -> usize {
+        self.g.kernel[0] * self.g.kernel[1] * self.channel_blocks * DEPTH
+    }
+
+    /// The weights `[C_out, C_in, k_h, k_w]` packed as [`matmul_packed`]'s left operand in this
+    /// depth order (zero for the padding channels and rows), in one pass.
+    pub(super) fn packed_weights(&self, weight: &[f32]) -> Vec<u16> {
+        let g = self.g;
+        let offsets = g.kernel[0] * g.kernel[1];
+        let depth_steps = offsets * self.channel_blocks;
+        let filter = g.channels_in * offsets;
+        assert!(
+            weight.len() >= g.channels_out * filter,
+            "a filter per output channel"
+        );
+        let mut packed = vec![0u16; blocks(g.channels_out, EDGE) * depth_steps * TILE];
+        packed
+            .par_chunks_mut(depth_steps * TILE)
+            .enumerate()
+            .for_each(|(t, tiles)| {
+                for r in 0..EDGE.min(g.channels_out - t * EDGE) {
+                    let filters = &weight[(t * EDGE + r) * filter..][..filter];
+                    for o in 0..offsets {
+                        for block in 0..self.channel_blocks {
+                            let channels = (g.channels_in - block * DEPTH).min(DEPTH);
+                            let out = &mut tiles
+                                [(o * self.channel_blocks + block) * TILE + r * DEPTH..][..DEPTH];
+                            // SAFETY: only called after `available` (AVX512-BF16); the gather
+                            // reads taps `o` of `channels` channels inside `filters`.
+                            unsafe {
+                                gather_taps(
+                                    &filters[block * DEPTH * offsets + o..],
+                                    offsets,
+                                    channels,
+                                    out,
+                                )
+                            };
+                        }
+                    }
+                }
+            });
+        packed
+    }
+
+    fn tiles_per_image(&self) -> usize {
+        self.g.out_height() * self.tiles_per_row
+    }
+}
+
+impl Drop for ConvInPlace<'_> {
+    fn drop(&mut self) {
+        IN_PLACE_WORDS.set(std::mem::take(&mut self.words));
+    }
+}
+
+/// `out[c] = bf16(taps[c * stride])` for `c < count ≤ 32`, zero beyond.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn gather_taps(taps: &[f32], stride: usize, count: usize, out: &mut [u16]) {
+    use std::arch::x86_64::*;
+    debug_assert!(count <= DEPTH && out.len() >= DEPTH);
+    debug_assert!(count == 0 || (count - 1) * stride < taps.len());
+    let index = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(stride as i32),
+    );
+    let half = |first: usize| {
+        let n = count.saturating_sub(first).min(EDGE);
+        if n == 0 {
+            return _mm512_setzero_ps();
+        }
+        // SAFETY: the mask gathers the `n` taps `first..first + n`, all inside `taps`.
+        unsafe {
+            _mm512_mask_i32gather_ps::<4>(
+                _mm512_setzero_ps(),
+                lanes(n),
+                index,
+                taps.as_ptr().add(first * stride),
+            )
+        }
+    };
+    // SAFETY: AVX512-BF16 is enabled here; the store writes `out`'s first 32 values.
+    unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), bf16_in_order(half(0), half(EDGE))) };
+}
+
+/// Writes `(low[i], high[i])` as VNNI bf16 pairs into `out[i]` (`high` zero when absent).
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn interleave_row(low: &[f32], high: Option<&[f32]>, out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    for (start, chunk) in out.chunks_mut(EDGE).enumerate() {
+        let (first, count) = (start * EDGE, chunk.len());
+        // SAFETY: AVX512-BF16 and AVX512-BW are enabled here; the loads read `count` values
+        // inside each row; the masked store writes `count` words of `chunk`.
+        unsafe {
+            let l = load_up_to(&low[first..], count);
+            let h = high.map_or(_mm512_setzero_ps(), |high| {
+                load_up_to(&high[first..], count)
+            });
+            _mm512_mask_storeu_epi32(chunk.as_mut_ptr().cast(), lanes(count), bf16_pairs(l, h));
+        }
+    }
+}
+
+impl Columns for ConvInPlace<'_> {
+    fn depth(&self) -> usize {
+        self.padded_depth()
+    }
+
+    fn tiles(&self) -> usize {
+        self.g.batch * self.tiles_per_image()
+    }
+
+    fn pack(&self, first_tile: usize, tiles: &mut [u32]) {
+        // The same tiles copied into the packed layout (the product reads them in place; this
+        // serves callers that want them packed).
+        let place = self.in_place().expect("in place");
+        let words_per_tile = TILE / 2;
+        for (t, block) in tiles
+            .chunks_mut(place.steps.len() * words_per_tile)
+            .enumerate()
+        {
+            for (s, &step) in place.steps.iter().enumerate() {
+                for r in 0..EDGE {
+                    let from = place.origins[first_tile + t] + step + r * place.stride_words;
+                    block[s * words_per_tile + r * EDGE..][..EDGE]
+                        .copy_from_slice(&place.words[from..][..EDGE]);
+                }
+            }
+        }
+    }
+
+    fn destination(&self, tile: usize) -> (usize, usize) {
+        conv_destination(self.g, self.tiles_per_row, tile)
+    }
+
+    fn row_stride(&self) -> usize {
+        self.g.out_height() * self.g.out_width()
+    }
+
+    fn in_place(&self) -> Option<InPlace<'_>> {
+        let [ph, pw] = self.padded;
+        let plane = ph * pw;
+        let [kh, kw] = self.g.kernel;
+        let per_image = self.tiles_per_image();
+        let image_words = self.channel_blocks * EDGE * plane;
+        let origins = (0..self.tiles())
+            .map(|tile| {
+                let (b, t) = (tile / per_image, tile % per_image);
+                let (oy, ox) = (t / self.tiles_per_row, (t % self.tiles_per_row) * EDGE);
+                b * image_words + oy * pw + ox
+            })
+            .collect();
+        let steps = (0..kh * kw)
+            .flat_map(|o| {
+                (0..self.channel_blocks)
+                    .map(move |block| block * EDGE * plane + (o / kw) * pw + o % kw)
+            })
+            .collect();
+        Some(InPlace {
+            words: &self.words,
+            origins,
+            steps,
+            stride_words: plane,
+        })
+    }
+}
+
+/// Where column tile `tile` of a batch's convolution lands in `[B, C_out, H_out·W_out]`: 16
+/// output pixels of one row of one image (fewer at the row's end).
+fn conv_destination(g: &ConvGeometry, tiles_per_row: usize, tile: usize) -> (usize, usize) {
+    let per_image = g.out_height() * tiles_per_row;
+    let (image, tile) = (tile / per_image, tile % per_image);
+    let (oy, ox) = (tile / tiles_per_row, (tile % tiles_per_row) * EDGE);
+    let (width, plane) = (g.out_width(), g.out_height() * g.out_width());
+    (
+        image * g.channels_out * plane + oy * width + ox,
+        (width - ox).min(EDGE),
+    )
+}
+
 /// `dst = lhs · rhs` (or `+=` with `accumulate`), `dst` row-major `m x n`, operands rounded to
 /// bf16. Only call when [`available`] is true. With `parallel`, column blocks are shared among
 /// rayon's threads.
@@ -635,9 +913,48 @@ pub(super) fn matmul_columns(
     relu: bool,
     parallel: bool,
 ) {
-    let (m, k, stride) = (lhs_shape.rows, lhs_shape.cols, columns.row_stride());
+    let (m, k) = (lhs_shape.rows, lhs_shape.cols);
     assert!(available(), "AMX tiles are available");
     assert_eq!(columns.depth(), k, "inner dimensions agree");
+    // This thread's buffer, kept between calls: a fresh one per call (megabytes for a weight
+    // gradient's column matrix) cost more in page faults than the product.
+    let mut lhs_buffer = LHS_PACKED.take();
+    let len = blocks(m, EDGE) * blocks(k, DEPTH) * TILE;
+    if lhs_buffer.len() < len {
+        lhs_buffer.resize(len, 0);
+    }
+    pack_lhs(lhs, lhs_shape, &mut lhs_buffer[..len], parallel);
+    matmul_packed(
+        dst,
+        &lhs_buffer[..len],
+        m,
+        columns,
+        accumulate,
+        relu,
+        parallel,
+    );
+    LHS_PACKED.set(lhs_buffer);
+}
+
+/// [`matmul_columns`] with the left operand (`m` rows) already packed into row tiles as
+/// `pack_lhs` packs it.
+pub(super) fn matmul_packed(
+    dst: &mut [f32],
+    lhs_packed: &[u16],
+    m: usize,
+    columns: &impl Columns,
+    accumulate: bool,
+    relu: bool,
+    parallel: bool,
+) {
+    let stride = columns.row_stride();
+    assert!(available(), "AMX tiles are available");
+    let depth_steps = blocks(columns.depth(), DEPTH);
+    assert_eq!(
+        lhs_packed.len(),
+        blocks(m, EDGE) * depth_steps * TILE,
+        "left tiles for every row and step"
+    );
     if m == 0 || columns.tiles() == 0 {
         return;
     }
@@ -648,18 +965,31 @@ pub(super) fn matmul_columns(
             "tile columns inside the destination"
         );
     }
-    let (row_tiles, col_tiles, depth_steps) = (blocks(m, EDGE), columns.tiles(), blocks(k, DEPTH));
-    // This thread's buffer, kept between calls: a fresh one per call (megabytes for a weight
-    // gradient's column matrix) cost more in page faults than the product.
-    let mut lhs_buffer = LHS_PACKED.take();
-    let len = row_tiles * depth_steps * TILE;
-    if lhs_buffer.len() < len {
-        lhs_buffer.resize(len, 0);
-    }
-    pack_lhs(lhs, lhs_shape, &mut lhs_buffer[..len], parallel);
-    let lhs_packed = &lhs_buffer[..len];
+    let (row_tiles, col_tiles) = (blocks(m, EDGE), columns.tiles());
     let per_tile_block = depth_steps * TILE;
     let words_per_tile_block = per_tile_block / 2;
+    let in_place = columns.in_place();
+    if let Some(p) = &in_place {
+        assert_eq!(p.steps.len(), depth_steps, "one offset per depth step");
+        assert_eq!(p.origins.len(), col_tiles, "one origin per column tile");
+        let last_step = p.steps.iter().max().copied().unwrap_or(0);
+        for &origin in &p.origins {
+            assert!(
+                origin + last_step + (EDGE - 1) * p.stride_words + EDGE <= p.words.len(),
+                "in-place tiles inside their buffer"
+            );
+        }
+    }
+    // Step offsets in bf16 units: packed tiles follow each other (rows 64 bytes apart); tiles
+    // in place are where their words are.
+    let (step_offsets, rhs_stride): (Vec<usize>, usize) = match &in_place {
+        Some(p) => (p.steps.iter().map(|&w| 2 * w).collect(), p.stride_words * 4),
+        None => ((0..depth_steps).map(|s| s * TILE).collect(), ROW_BYTES),
+    };
+    let rhs_steps = RhsSteps {
+        steps: &step_offsets,
+        stride: rhs_stride,
+    };
 
     // Writes accumulator tile (row tile, column tile) into `dst`.
     let write = |dst: *mut f32, row_tile: usize, col_tile: usize, tile: &[f32; EDGE * EDGE]| {
@@ -694,15 +1024,19 @@ pub(super) fn matmul_columns(
         let first_tile = j * TILES_PER_JOB;
         let tile_count = (col_tiles - first_tile).min(TILES_PER_JOB);
         let mut block_buffer = RHS_BLOCK.take();
-        block_buffer.resize(tile_count * words_per_tile_block, 0);
-        columns.pack(first_tile, &mut block_buffer);
+        if in_place.is_none() {
+            block_buffer.resize(tile_count * words_per_tile_block, 0);
+            columns.pack(first_tile, &mut block_buffer);
+        }
         configure_tiles();
         let mut out = [[0.0f32; EDGE * EDGE]; 4];
         for col_pair in 0..tile_count.div_ceil(2) {
             let t = 2 * col_pair;
             let two_cols = t + 1 < tile_count;
-            let rhs_tile =
-                |t: usize| block_buffer[t * words_per_tile_block..].as_ptr() as *const u16;
+            let rhs_tile = |t: usize| match &in_place {
+                Some(p) => p.words[p.origins[first_tile + t]..].as_ptr() as *const u16,
+                None => block_buffer[t * words_per_tile_block..].as_ptr() as *const u16,
+            };
             let (rhs, rhs_next) = (rhs_tile(t), rhs_tile(if two_cols { t + 1 } else { t }));
             for row_pair in 0..row_tiles.div_ceil(2) {
                 let first_row = 2 * row_pair;
@@ -718,8 +1052,9 @@ pub(super) fn matmul_columns(
                     (false, true) => block::<false, true>,
                     (false, false) => block::<false, false>,
                 };
-                // SAFETY: every pointer addresses `depth_steps` packed tiles of its buffer.
-                unsafe { kernel(lhs, lhs_next, rhs, rhs_next, depth_steps, &mut out) };
+                // SAFETY: the left pointers address `depth_steps` packed tiles; the right ones,
+                // a tile at every step offset (packed, or in place: checked above).
+                unsafe { kernel(lhs, lhs_next, rhs, rhs_next, rhs_steps, &mut out) };
                 let col_tile = first_tile + t;
                 write(dst.0, first_row, col_tile, &out[0]);
                 if two_cols {
@@ -743,7 +1078,6 @@ pub(super) fn matmul_columns(
     } else {
         (0..jobs).for_each(job);
     }
-    LHS_PACKED.set(lhs_buffer);
 }
 
 #[derive(Clone, Copy)]
@@ -916,6 +1250,27 @@ mod tests {
         }
     }
 
+    /// Columns that hide their in-place tiles, so the product packs them.
+    struct Packed<'a, C: Columns>(&'a C);
+
+    impl<C: Columns> Columns for Packed<'_, C> {
+        fn depth(&self) -> usize {
+            self.0.depth()
+        }
+        fn tiles(&self) -> usize {
+            self.0.tiles()
+        }
+        fn pack(&self, first_tile: usize, tiles: &mut [u32]) {
+            self.0.pack(first_tile, tiles)
+        }
+        fn destination(&self, tile: usize) -> (usize, usize) {
+            self.0.destination(tile)
+        }
+        fn row_stride(&self) -> usize {
+            self.0.row_stride()
+        }
+    }
+
     #[test]
     fn convolution_columns_equal_the_rounded_convolution() {
         if !available() {
@@ -929,6 +1284,10 @@ mod tests {
             (17, 33, 6, 40, [3, 3], [1, 1], [1, 1]),
             (5, 20, 11, 11, [1, 1], [1, 1], [0, 0]),
             (4, 8, 9, 9, [5, 5], [1, 1], [3, 3]),
+            // Channel blocks: one exactly, a partial second; a deep 14x14 level.
+            (32, 16, 7, 18, [3, 3], [1, 1], [1, 1]),
+            (40, 33, 14, 14, [3, 3], [1, 1], [1, 1]),
+            (48, 20, 5, 5, [1, 1], [1, 1], [0, 0]),
         ];
         // A batch of two images: one product writes both outputs, `[B, C_out, H_out·W_out]`.
         let batch = 2;
@@ -978,24 +1337,45 @@ mod tests {
                 }
             }
             let k = cin * kernel[0] * kernel[1];
-            for (parallel, relu) in [(false, false), (true, false), (true, true)] {
-                let mut out = vec![f32::NAN; batch * cout * oh * ow];
-                let columns = ConvColumns::new(&g, &x);
-                matmul_columns(
-                    &mut out,
-                    &weight,
-                    Mat::row_major(cout, k),
-                    &columns,
-                    false,
-                    relu,
-                    parallel,
-                );
+            let check = |out: &[f32], relu: bool, how: &str| {
                 for (o, e) in out.iter().zip(&expected) {
                     let e = if relu { e.max(0.0) } else { *e };
                     assert!(
                         (*o as f64 - e).abs() <= 1e-4 * (1.0 + e.abs()),
-                        "shape {i}: {o} vs {e}"
+                        "shape {i}, {how}: {o} vs {e}"
                     );
+                }
+            };
+            for (parallel, relu) in [(false, false), (true, false), (true, true)] {
+                let mut out = vec![f32::NAN; batch * cout * oh * ow];
+                let columns = ConvColumns::new(&g, &x);
+                let w = Mat::row_major(cout, k);
+                matmul_columns(&mut out, &weight, w, &columns, false, relu, parallel);
+                check(&out, relu, "packed from the images");
+                if stride == [1, 1] {
+                    // Read in place, and the same tiles packed.
+                    let columns = ConvInPlace::new(&g, &x);
+                    let weights = columns.packed_weights(&weight);
+                    for packed in [false, true] {
+                        let mut out = vec![f32::NAN; batch * cout * oh * ow];
+                        if packed {
+                            let copied = Packed(&columns);
+                            matmul_packed(&mut out, &weights, cout, &copied, false, relu, parallel);
+                        } else {
+                            matmul_packed(
+                                &mut out, &weights, cout, &columns, false, relu, parallel,
+                            );
+                        }
+                        check(
+                            &out,
+                            relu,
+                            if packed {
+                                "in place, packed"
+                            } else {
+                                "in place"
+                            },
+                        );
+                    }
                 }
             }
         }

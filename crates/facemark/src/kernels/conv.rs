@@ -378,14 +378,23 @@ pub fn forward(
     if super::uses_tiles() && amx::pays_packed(g.channels_out) {
         // One product for the whole batch (weights packed once, the threads sharing every
         // image's column tiles); the column matrices go straight into tiles, never written out.
-        let mut y = vec![0.0f32; g.batch * g.out_image()];
-        if let Some(bias) = bias {
-            for (plane, &v) in y.chunks_mut(n).zip(bias.iter().cycle()) {
-                plane.fill(v);
+        // Each output plane starts at its bias (the product adds to it), written once.
+        let mut y = Vec::with_capacity(g.batch * g.out_image());
+        for _ in 0..g.batch {
+            for co in 0..g.channels_out {
+                let start = bias.map_or(0.0, |bias| bias[co]);
+                y.extend(std::iter::repeat_n(start, n));
             }
         }
-        let columns = amx::ConvColumns::new(g, x);
-        amx::matmul_columns(&mut y, weight, w, &columns, bias.is_some(), relu, true);
+        if amx::reads_in_place(g) {
+            let columns = amx::ConvInPlace::new(g, x);
+            let weights = columns.packed_weights(weight);
+            let m = g.channels_out;
+            amx::matmul_packed(&mut y, &weights, m, &columns, bias.is_some(), relu, true);
+        } else {
+            let columns = amx::ConvColumns::new(g, x);
+            amx::matmul_columns(&mut y, weight, w, &columns, bias.is_some(), relu, true);
+        }
         return y;
     }
     if g.whole_batch() {
