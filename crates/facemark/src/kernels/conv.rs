@@ -439,6 +439,19 @@ pub fn backward(
     dy: &[f32],
     want_input: bool,
 ) -> Gradients {
+    #[cfg(target_arch = "x86_64")]
+    if want_input && super::uses_tiles() {
+        // A stride-1 convolution's input gradient is itself a stride-1 convolution, of `dy` with
+        // the flipped filters: tiles read in place, with no column matrix to fold back.
+        if let Some(t) = g.input_gradient().filter(amx::reads_in_place) {
+            let input = forward(&t, dy, &flipped_filters(g, weight), None, false);
+            let weight = backward(g, x, weight, dy, false).weight;
+            return Gradients {
+                input: Some(input),
+                weight,
+            };
+        }
+    }
     if g.whole_batch() {
         return backward_whole_batch(g, x, weight, dy, want_input);
     }
@@ -532,6 +545,42 @@ fn weight_gradient_transposed(patch: usize, pixels: usize) -> bool {
         let _ = (patch, pixels);
         false
     }
+}
+
+impl ConvGeometry {
+    /// For stride 1 (padding at most the kernel less one): the convolution that maps the output
+    /// gradient to the input gradient (with [`flipped_filters`]).
+    fn input_gradient(&self) -> Option<ConvGeometry> {
+        let [kh, kw] = self.kernel;
+        (self.stride == [1, 1] && self.padding[0] < kh && self.padding[1] < kw).then(|| {
+            ConvGeometry {
+                batch: self.batch,
+                channels_in: self.channels_out,
+                channels_out: self.channels_in,
+                height: self.out_height(),
+                width: self.out_width(),
+                kernel: self.kernel,
+                stride: [1, 1],
+                padding: [kh - 1 - self.padding[0], kw - 1 - self.padding[1]],
+            }
+        })
+    }
+}
+
+/// `[C_out, C_in, k_h, k_w]` filters as `[C_in, C_out, k_h, k_w]`, each turned by 180 degrees.
+fn flipped_filters(g: &ConvGeometry, weight: &[f32]) -> Vec<f32> {
+    let taps = g.kernel[0] * g.kernel[1];
+    let mut flipped = vec![0.0f32; weight.len()];
+    for co in 0..g.channels_out {
+        for ci in 0..g.channels_in {
+            let from = &weight[(co * g.channels_in + ci) * taps..][..taps];
+            let to = &mut flipped[(ci * g.channels_out + co) * taps..][..taps];
+            for (t, &v) in to.iter_mut().rev().zip(from) {
+                *t = v;
+            }
+        }
+    }
+    flipped
 }
 
 /// `rows x cols` row-major to its `cols x rows` transpose.
