@@ -43,12 +43,31 @@ fn bf16_convolution_stays_within_bf16_rounding_of_f32() {
             padding: [1, 1],
         });
     }
+    // Channels that fill no whole tile, an odd rectangle (odd shifts, rows that end inside a
+    // tile), a 1x1 convolution and a 5x5 one without padding.
+    for (channels_in, channels_out, kernel, padding) in [
+        (20, 24, [3, 3], [1, 1]),
+        (48, 17, [1, 1], [0, 0]),
+        (16, 32, [5, 5], [0, 0]),
+    ] {
+        check_geometry(ConvGeometry {
+            batch: 3,
+            channels_in,
+            channels_out,
+            height: 13,
+            width: 19,
+            kernel,
+            stride: [1, 1],
+            padding,
+        });
+    }
 }
 
 fn check_geometry(g: ConvGeometry) {
     let x = values(g.batch * g.channels_in * g.height * g.width, 3);
-    let w = values(g.channels_out * g.channels_in * 9, 5);
-    let dy = values(g.batch * g.channels_out * g.height * g.width, 7);
+    let taps = g.kernel[0] * g.kernel[1];
+    let w = values(g.channels_out * g.channels_in * taps, 5);
+    let dy = values(g.batch * g.channels_out * g.out_height() * g.out_width(), 7);
     let run = |precision| {
         kernels::set_precision(precision);
         let y = conv::forward(&g, &x, &w, None, false);

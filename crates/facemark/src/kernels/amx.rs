@@ -220,6 +220,9 @@ unsafe fn pack_lhs_avx512(lhs: &[f32], shape: Mat, packed: &mut [u16], parallel:
 
 /// Column tiles packed and multiplied per job: 128 columns, whose packed depth stays in L2.
 const TILES_PER_JOB: usize = 8;
+/// Column tiles per job when they are read in place: one pair, so that few tiles (a weight
+/// gradient's) still spread over the threads.
+const TILES_PER_JOB_IN_PLACE: usize = 2;
 
 /// Packs column tiles `first_tile..` of `rhs` (`k x n`) into `tiles` as VNNI tiles, one word per
 /// bf16 pair: tile `(t, s)` holds columns `16(first_tile + t)..` and depth `32s..`, its row `p`
@@ -320,6 +323,10 @@ thread_local! {
     static RHS_BLOCK: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
     /// Each thread's bf16 copy of a convolution's images ([`ConvInPlace`]), kept between calls.
     static IN_PLACE_WORDS: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Each thread's pixel-pair copy of a convolution's inputs ([`ConvWeightGradient`]).
+    static PIXEL_PAIRS: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Each thread's packed output gradient ([`ConvWeightGradient`]).
+    static OUTPUT_GRADIENT: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The 64-byte tile configuration (`LDTILECFG`'s operand).
@@ -454,6 +461,25 @@ pub(super) struct InPlace<'a> {
     origins: Vec<usize>,
     steps: Vec<usize>,
     stride_words: usize,
+}
+
+impl InPlace<'_> {
+    /// Copies column tiles `first_tile..` into the packed layout of [`Columns::pack`].
+    fn pack(&self, first_tile: usize, tiles: &mut [u32]) {
+        let words_per_tile = TILE / 2;
+        for (t, block) in tiles
+            .chunks_mut(self.steps.len() * words_per_tile)
+            .enumerate()
+        {
+            for (s, &step) in self.steps.iter().enumerate() {
+                for r in 0..EDGE {
+                    let from = self.origins[first_tile + t] + step + r * self.stride_words;
+                    block[s * words_per_tile + r * EDGE..][..EDGE]
+                        .copy_from_slice(&self.words[from..][..EDGE]);
+                }
+            }
+        }
+    }
 }
 
 /// A strided `k x n` matrix as [`Columns`].
@@ -816,22 +842,8 @@ impl Columns for ConvInPlace<'_> {
     }
 
     fn pack(&self, first_tile: usize, tiles: &mut [u32]) {
-        // The same tiles copied into the packed layout (the product reads them in place; this
-        // serves callers that want them packed).
-        let place = self.in_place().expect("in place");
-        let words_per_tile = TILE / 2;
-        for (t, block) in tiles
-            .chunks_mut(place.steps.len() * words_per_tile)
-            .enumerate()
-        {
-            for (s, &step) in place.steps.iter().enumerate() {
-                for r in 0..EDGE {
-                    let from = place.origins[first_tile + t] + step + r * place.stride_words;
-                    block[s * words_per_tile + r * EDGE..][..EDGE]
-                        .copy_from_slice(&place.words[from..][..EDGE]);
-                }
-            }
-        }
+        // The product reads these tiles in place; this serves callers that want them packed.
+        self.in_place().expect("in place").pack(first_tile, tiles);
     }
 
     fn destination(&self, tile: usize) -> (usize, usize) {
@@ -868,6 +880,280 @@ impl Columns for ConvInPlace<'_> {
             stride_words: plane,
         })
     }
+}
+
+/// A stride-1 convolution's weight gradient as one product, read in place:
+/// `dW[C_out, (tap, C_in)] = dy[C_out, pixels] · X[pixels, (tap, C_in)]`, where column `(tap, c)`
+/// of `X` is channel `c` of the zero-padded input shifted by the tap. The depth runs over every
+/// image's output pixels in rows of the padded width (`dy` is zero in the extra columns, and zero
+/// up to a multiple of 32 per image), so a tap's shift is a constant offset into the input. The
+/// input is copied once into bf16 words `(x[p][c], x[p + 1][c])` for each channel `c` of a pixel
+/// pair, 16 channels contiguous: a tile is 16 pixel pairs of 16 channels, rows one pair apart.
+/// Odd shifts read a second copy paired from odd pixels.
+pub(super) struct ConvWeightGradient<'a> {
+    g: &'a ConvGeometry,
+    words: Vec<u32>,
+    /// Channels rounded up to whole tiles.
+    channels: usize,
+    padded_width: usize,
+    /// Depth per image (output rows of the padded width, rounded up to 32).
+    image_depth: usize,
+    /// Words per image in one parity's copy.
+    image_words: usize,
+}
+
+impl<'a> ConvWeightGradient<'a> {
+    pub(super) fn new(g: &'a ConvGeometry, images: &[f32]) -> Self {
+        assert!(g.stride == [1, 1], "stride 1");
+        let (h, w) = (g.height, g.width);
+        assert!(
+            images.len() >= g.batch * g.channels_in * h * w,
+            "the images fit the geometry"
+        );
+        let [top, left] = g.padding;
+        let padded_width = w + 2 * left;
+        let padded_len = (h + 2 * top) * padded_width;
+        let image_depth = (g.out_height() * padded_width).div_ceil(DEPTH) * DEPTH;
+        let last_shift = (g.kernel[0] - 1) * padded_width + g.kernel[1] - 1;
+        // Pairs read: up to the last depth pair plus the largest shift, and one for odd shifts.
+        let pairs = (image_depth + last_shift) / 2 + 2;
+        let channels = g.channels_in.div_ceil(EDGE) * EDGE;
+        let image_words = pairs * channels;
+        let mut words = PIXEL_PAIRS.take();
+        words.resize(2 * g.batch * image_words, 0);
+        // Per image and 16 channels: the channels' zero-padded planes (flattened, zero past the
+        // end), then each run of 16 pixel pairs of each channel converted at once and scattered
+        // to its 16 pairs, one channel column of the copy. Every word is written.
+        let plane_len = 2 * pairs + 2 * DEPTH;
+        let parity_words = g.batch * image_words;
+        let shared = SendWords(words.as_mut_ptr());
+        (0..g.batch * channels / EDGE)
+            .into_par_iter()
+            .for_each(|task| {
+                // The whole wrapper: a closure would capture only its raw (not Send) field.
+                let out = shared;
+                let (b, block) = (task / (channels / EDGE), task % (channels / EDGE));
+                let mut planes = vec![0.0f32; EDGE * plane_len];
+                for (c, plane) in planes.chunks_exact_mut(plane_len).enumerate() {
+                    let c = block * EDGE + c;
+                    if c >= g.channels_in {
+                        continue;
+                    }
+                    let image = &images[(b * g.channels_in + c) * h * w..][..h * w];
+                    for (y, row) in image.chunks_exact(w).enumerate() {
+                        plane[(y + top) * padded_width + left..][..w].copy_from_slice(row);
+                    }
+                }
+                debug_assert!(padded_len <= plane_len);
+                for parity in 0..2 {
+                    let first_word = parity * parity_words + b * image_words + block * EDGE;
+                    for first_pair in (0..pairs).step_by(EDGE) {
+                        let count = (pairs - first_pair).min(EDGE);
+                        for (c, plane) in planes.chunks_exact(plane_len).enumerate() {
+                            let run = &plane[2 * first_pair + parity..][..2 * EDGE];
+                            let at = first_word + first_pair * channels + c;
+                            // SAFETY: AVX512-BF16 (checked by `available`); the run lies in the
+                            // plane (`plane_len` ≥ 2 pairs + 33); the scatter writes `count` words
+                            // `channels` apart from `at`, inside this task's pairs and channels
+                            // (tasks write disjoint words).
+                            unsafe { scatter_pairs(run, out.0.add(at), channels, count) };
+                        }
+                    }
+                }
+            });
+        Self {
+            g,
+            words,
+            channels,
+            padded_width,
+            image_depth,
+            image_words,
+        }
+    }
+
+    /// `dy` `[B, C_out, H_out, W_out]` packed as the product's left operand (rows of the padded
+    /// width, zero beyond the output row and the image's depth).
+    pub(super) fn packed_output_gradient(&self, dy: &[f32]) -> Vec<u16> {
+        let g = self.g;
+        let (oh, ow) = (g.out_height(), g.out_width());
+        assert!(
+            dy.len() >= g.batch * g.channels_out * oh * ow,
+            "dy fits the geometry"
+        );
+        let depth_steps = g.batch * self.image_depth / DEPTH;
+        let mut packed = OUTPUT_GRADIENT.take();
+        packed.clear();
+        packed.resize(blocks(g.channels_out, EDGE) * depth_steps * TILE, 0);
+        packed
+            .par_chunks_mut(depth_steps * TILE)
+            .enumerate()
+            .for_each(|(t, tiles)| {
+                for r in 0..EDGE.min(g.channels_out - t * EDGE) {
+                    let co = t * EDGE + r;
+                    for b in 0..g.batch {
+                        let plane = &dy[(b * g.channels_out + co) * oh * ow..][..oh * ow];
+                        for (y, row) in plane.chunks_exact(ow).enumerate() {
+                            let depth = b * self.image_depth + y * self.padded_width;
+                            // SAFETY: AVX512-BF16 (checked by `available`); the run's depth
+                            // positions lie inside this row tile's steps.
+                            unsafe { store_run(row, depth, r, tiles) };
+                        }
+                    }
+                }
+            });
+        packed
+    }
+
+    /// Hands a packed output gradient's buffer back for the next call.
+    pub(super) fn recycle(packed: Vec<u16>) {
+        OUTPUT_GRADIENT.set(packed);
+    }
+
+    /// The product `[C_out, taps · channels]` as the weight gradient `[C_out, C_in, k_h, k_w]`.
+    pub(super) fn weight_gradient(&self, product: &[f32]) -> Vec<f32> {
+        let g = self.g;
+        let taps = g.kernel[0] * g.kernel[1];
+        let mut dw = vec![0.0f32; g.channels_out * g.channels_in * taps];
+        for (co, filters) in dw.chunks_exact_mut(g.channels_in * taps).enumerate() {
+            let row = &product[co * taps * self.channels..][..taps * self.channels];
+            for (ci, filter) in filters.chunks_exact_mut(taps).enumerate() {
+                for (tap, v) in filter.iter_mut().enumerate() {
+                    *v = row[tap * self.channels + ci];
+                }
+            }
+        }
+        dw
+    }
+
+    /// Length of the product [`ConvWeightGradient::weight_gradient`] reads.
+    pub(super) fn product_len(&self) -> usize {
+        self.g.channels_out * self.row_stride()
+    }
+}
+
+impl Drop for ConvWeightGradient<'_> {
+    fn drop(&mut self) {
+        PIXEL_PAIRS.set(std::mem::take(&mut self.words));
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendWords(*mut u32);
+// SAFETY: the tasks sharing it write disjoint words of the buffer.
+unsafe impl Send for SendWords {}
+unsafe impl Sync for SendWords {}
+
+/// Writes `values` as bf16 into row `r` of packed left tiles at depth positions `depth..`
+/// (tile `d / 32`, lane `d % 32`).
+///
+/// # Safety
+/// AVX512-BF16 must be available; `tiles` must hold the steps of every position.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn store_run(values: &[f32], depth: usize, r: usize, tiles: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let mut done = 0;
+    while done < values.len() {
+        let d = depth + done;
+        let lane = d % DEPTH;
+        let n = (DEPTH - lane).min(values.len() - done).min(EDGE);
+        let at = (d / DEPTH) * TILE + r * DEPTH + lane;
+        assert!(at + n <= tiles.len(), "the run lies inside the tiles");
+        // SAFETY: the load reads `n` values of `values`; the masked store writes `n` values
+        // from `at`, inside `tiles` (asserted).
+        unsafe {
+            let half = _mm512_cvtneps_pbh(load_up_to(&values[done..], n));
+            let bits: __m256i = std::mem::transmute(half);
+            _mm256_mask_storeu_epi16(tiles.as_mut_ptr().add(at).cast(), lanes(n), bits);
+        }
+        done += n;
+    }
+}
+
+/// Converts the 32 values of `run` to 16 bf16 pairs and writes the first `count` pairs to
+/// `out`, `stride` words apart.
+///
+/// # Safety
+/// AVX512-BF16 must be available and `out + i·stride` writable for `i < count`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn scatter_pairs(run: &[f32], out: *mut u32, stride: usize, count: usize) {
+    use std::arch::x86_64::*;
+    let index = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(stride as i32),
+    );
+    // SAFETY: `run` holds 32 values; the caller vouches for the written words.
+    unsafe {
+        let words = bf16_in_order(load_up_to(run, EDGE), load_up_to(&run[EDGE..], EDGE));
+        _mm512_mask_i32scatter_epi32::<4>(out.cast(), lanes(count), index, words);
+    }
+}
+
+impl Columns for ConvWeightGradient<'_> {
+    fn depth(&self) -> usize {
+        self.g.batch * self.image_depth
+    }
+
+    fn tiles(&self) -> usize {
+        self.g.kernel[0] * self.g.kernel[1] * self.channels / EDGE
+    }
+
+    fn pack(&self, first_tile: usize, tiles: &mut [u32]) {
+        // The product reads these tiles in place; this serves callers that want them packed.
+        self.in_place().expect("in place").pack(first_tile, tiles);
+    }
+
+    fn destination(&self, tile: usize) -> (usize, usize) {
+        (tile * EDGE, EDGE)
+    }
+
+    fn row_stride(&self) -> usize {
+        self.g.kernel[0] * self.g.kernel[1] * self.channels
+    }
+
+    fn in_place(&self) -> Option<InPlace<'_>> {
+        let blocks_per_tap = self.channels / EDGE;
+        let kw = self.g.kernel[1];
+        let parity_words = self.g.batch * self.image_words;
+        let origins = (0..self.tiles())
+            .map(|tile| {
+                let (tap, block) = (tile / blocks_per_tap, tile % blocks_per_tap);
+                let shift = (tap / kw) * self.padded_width + tap % kw;
+                (shift % 2) * parity_words + (shift / 2) * self.channels + block * EDGE
+            })
+            .collect();
+        let steps_per_image = self.image_depth / DEPTH;
+        let steps = (0..self.g.batch * steps_per_image)
+            .map(|s| {
+                let (b, s) = (s / steps_per_image, s % steps_per_image);
+                b * self.image_words + s * (DEPTH / 2) * self.channels
+            })
+            .collect();
+        Some(InPlace {
+            words: &self.words,
+            origins,
+            steps,
+            stride_words: self.channels,
+        })
+    }
+}
+
+/// The weight gradient `[C_out, C_in, k_h, k_w]` of a stride-1 convolution of `images` with
+/// output gradient `dy`, as one product read in place ([`ConvWeightGradient`]).
+pub(super) fn weight_gradient(g: &ConvGeometry, images: &[f32], dy: &[f32]) -> Vec<f32> {
+    let columns = ConvWeightGradient::new(g, images);
+    let packed = columns.packed_output_gradient(dy);
+    let mut product = vec![0.0f32; columns.product_len()];
+    matmul_packed(
+        &mut product,
+        &packed,
+        g.channels_out,
+        &columns,
+        false,
+        false,
+        true,
+    );
+    ConvWeightGradient::recycle(packed);
+    columns.weight_gradient(&product)
 }
 
 /// Where column tile `tile` of a batch's convolution lands in `[B, C_out, H_out·W_out]`: 16
@@ -990,6 +1276,11 @@ pub(super) fn matmul_packed(
         steps: &step_offsets,
         stride: rhs_stride,
     };
+    let per_job = if in_place.is_some() {
+        TILES_PER_JOB_IN_PLACE
+    } else {
+        TILES_PER_JOB
+    };
 
     // Writes accumulator tile (row tile, column tile) into `dst`.
     let write = |dst: *mut f32, row_tile: usize, col_tile: usize, tile: &[f32; EDGE * EDGE]| {
@@ -1021,8 +1312,8 @@ pub(super) fn matmul_packed(
     // Job `j`: pack column tiles `8j..` (128 columns) and multiply every row by them.
     let job = |j: usize| {
         let dst = dst_ptr;
-        let first_tile = j * TILES_PER_JOB;
-        let tile_count = (col_tiles - first_tile).min(TILES_PER_JOB);
+        let first_tile = j * per_job;
+        let tile_count = (col_tiles - first_tile).min(per_job);
         let mut block_buffer = RHS_BLOCK.take();
         if in_place.is_none() {
             block_buffer.resize(tile_count * words_per_tile_block, 0);
@@ -1072,7 +1363,7 @@ pub(super) fn matmul_packed(
         unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
         RHS_BLOCK.set(block_buffer);
     };
-    let jobs = col_tiles.div_ceil(TILES_PER_JOB);
+    let jobs = col_tiles.div_ceil(per_job);
     if parallel && jobs > 1 {
         (0..jobs).into_par_iter().for_each(job);
     } else {

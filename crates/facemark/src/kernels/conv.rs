@@ -440,15 +440,16 @@ pub fn backward(
     want_input: bool,
 ) -> Gradients {
     #[cfg(target_arch = "x86_64")]
-    if want_input && super::uses_tiles() {
+    if super::uses_tiles() && amx::reads_in_place(g) {
         // A stride-1 convolution's input gradient is itself a stride-1 convolution, of `dy` with
-        // the flipped filters: tiles read in place, with no column matrix to fold back.
-        if let Some(t) = g.input_gradient().filter(amx::reads_in_place) {
-            let input = forward(&t, dy, &flipped_filters(g, weight), None, false);
-            let weight = backward(g, x, weight, dy, false).weight;
+        // the flipped filters, and its weight gradient one product over the shifted inputs:
+        // both read their tiles in place, with no column matrix built or folded back.
+        if let Some(t) = g.input_gradient() {
+            let input =
+                want_input.then(|| forward(&t, dy, &flipped_filters(g, weight), None, false));
             return Gradients {
-                input: Some(input),
-                weight,
+                input,
+                weight: amx::weight_gradient(g, x, dy),
             };
         }
     }
