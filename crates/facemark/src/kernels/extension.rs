@@ -17,11 +17,13 @@ use burn::backend::{
     Autodiff, Backend, Dispatch, DispatchDevice, Flex, TensorMetadata, backend_extension,
 };
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
+use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::tensor::{DType, Tensor, TensorData};
 
 use super::conv::{self, ConvGeometry};
 use super::norm::{self, NormGeometry};
+use super::pool::{self, PoolGeometry};
 use super::upsample::{self, UpGeometry};
 
 /// Convolutions with facemark's kernels (see the module documentation); bias is added by the
@@ -61,6 +63,26 @@ pub trait ConvKernels: Backend {
         options: ConvOptions<2>,
         relu: bool,
     ) -> FloatTensor<Self>;
+
+    /// 2x2 max pooling with stride 2 of an f32 `[B, C, H, W]`.
+    fn facemark_max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// The geometry of a 2x2 pooling the kernel handles (f32, 4-D).
+fn pool_geometry(x: &FloatTensor<Flex>) -> Option<PoolGeometry> {
+    let &[batch, channels, height, width] = &x.shape()[..] else {
+        return None;
+    };
+    (x.dtype() == DType::F32).then_some(PoolGeometry {
+        planes: batch * channels,
+        height,
+        width,
+    })
+}
+
+fn pooled_shape(x: &FloatTensor<Flex>, g: &PoolGeometry) -> Vec<usize> {
+    let shape = x.shape();
+    vec![shape[0], shape[1], g.out_height(), g.out_width()]
 }
 
 /// The geometry of a convolution the kernels handle: f32, groups 1, dilation 1, symmetric
@@ -237,6 +259,15 @@ impl ConvKernels for Flex {
         )
     }
 
+    fn facemark_max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let Some(g) = pool_geometry(&x) else {
+            return Flex::max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false);
+        };
+        let y = pool::forward(&g, &values(&x));
+        let shape = pooled_shape(&x, &g);
+        flex_tensor(y, shape)
+    }
+
     fn facemark_conv_transpose2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -320,6 +351,25 @@ impl Backward<Flex, 2> for UpBackward {
         }
         if let Some(node) = node_weight {
             grads.register::<Flex>(node.id, flex_tensor(dw, weight.shape().to_vec()));
+        }
+    }
+}
+
+/// The backward pass of the 2x2 max pooling.
+#[derive(Debug)]
+struct PoolBackward;
+
+impl Backward<Flex, 1> for PoolBackward {
+    type State = (NodeId, PoolGeometry);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, cp: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (x_state, g) = ops.state;
+        let x = cp.retrieve_node_output::<FloatTensor<Flex>>(x_state);
+        let [node_x] = ops.parents;
+        if let Some(node) = node_x {
+            let dx = pool::backward(&g, &values(&x), &values(&grad));
+            grads.register::<Flex>(node.id, flex_tensor(dx, x.shape().to_vec()));
         }
     }
 }
@@ -433,6 +483,27 @@ impl<C: CheckpointStrategy> ConvKernels for Autodiff<Flex, C> {
         if relu { Self::relu(y) } else { y }
     }
 
+    fn facemark_max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let Some(g) = pool_geometry(x.primitive()) else {
+            return <Self as ModuleOps<Self>>::max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false);
+        };
+        // Compute-bound: burn keeps what the backward pass needs instead of recomputing it
+        // (which would need a retro-forward).
+        match PoolBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), g);
+                prep.finish(state, Flex::facemark_max_pool_2x2(x.into_primitive()))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(Flex::facemark_max_pool_2x2(x.into_primitive()))
+            }
+        }
+    }
+
     fn facemark_conv_transpose2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -529,6 +600,22 @@ pub fn conv_transpose2d(
         options,
     ));
     add_bias(y, bias)
+}
+
+/// `pool.forward(x)`: a 2x2, stride-2, unpadded max pooling through facemark's kernel on the
+/// flex backend; burn's own for anything else.
+pub fn max_pool(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
+    let plain = pool.kernel_size == [2, 2]
+        && pool.stride == [2, 2]
+        && pool.dilation == [1, 1]
+        && !pool.ceil_mode
+        && matches!(pool.padding, PaddingConfig2d::Valid);
+    if !plain || !on_flex(&x) {
+        return pool.forward(x);
+    }
+    Tensor::from_dispatch(<Dispatch as ConvKernels>::facemark_max_pool_2x2(
+        x.into_dispatch(),
+    ))
 }
 
 /// `up.forward(x)` through [`conv_transpose2d`].
@@ -813,6 +900,32 @@ mod tests {
         check_up([2, 8, 5, 7], [8, 4, 2, 2], true);
         check_up([3, 6, 4, 4], [6, 5, 2, 2], false);
         check_up([1, 4, 3, 5], [4, 3, 3, 2], true);
+    }
+
+    #[test]
+    fn max_pooling_forward_and_gradients_equal_burns() {
+        use burn::nn::pool::MaxPool2dConfig;
+        let device = Device::flex().autodiff();
+        device.seed(13);
+        let pool = MaxPool2dConfig::new([2, 2]).init();
+        // Odd sides (the last row and column left out), enough planes for several tasks, and
+        // ties (values on a coarse grid) that must go to the same input as burn's.
+        for shape in [[2, 3, 6, 8], [3, 7, 9, 5], [1, 20, 4, 4]] {
+            let x = Tensor::<4>::random(shape, Distribution::Uniform(-1.0, 1.0), &device);
+            let x = x.mul_scalar(3.0).round().require_grad();
+            let ours = max_pool(&pool, x.clone());
+            let reference = pool.forward(x.clone());
+            assert!(
+                relative_error(&ours, &reference) < 1e-6,
+                "forward {shape:?}"
+            );
+            let [ours, reference] = backward_both(ours, reference);
+            assert_close(
+                &format!("x gradient {shape:?}"),
+                x.grad(&ours),
+                x.grad(&reference),
+            );
+        }
     }
 
     #[test]

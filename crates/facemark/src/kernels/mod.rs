@@ -12,6 +12,7 @@ mod amx;
 pub mod conv;
 mod extension;
 pub mod norm;
+pub mod pool;
 pub mod upsample;
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -83,5 +84,5 @@ fn uses_tiles() -> bool {
 }
 
 pub use extension::{
-    batch_norm, conv_norm, conv_transpose2d, conv2d, fold_norm, forward_conv, forward_up,
+    batch_norm, conv_norm, conv_transpose2d, conv2d, fold_norm, forward_conv, forward_up, max_pool,
 };

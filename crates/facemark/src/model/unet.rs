@@ -10,7 +10,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
 
-use crate::kernels::{conv_norm, fold_norm, forward_conv, forward_up};
+use crate::kernels::{conv_norm, fold_norm, forward_conv, forward_up, max_pool};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,7 +155,7 @@ impl UNet {
         let mut x = images;
         for (level, encoder) in self.encoders.iter().enumerate() {
             if level > 0 {
-                x = self.pool.forward(x);
+                x = max_pool(&self.pool, x);
             }
             x = encoder.forward(x);
             skips.push(x.clone());
