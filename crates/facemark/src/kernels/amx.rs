@@ -14,6 +14,7 @@
 use rayon::prelude::*;
 
 use super::conv::{ConvGeometry, Mat};
+use super::for_each_chunk;
 
 /// bf16 values in one tile row (64 bytes), and so the depth of one tile step.
 const DEPTH: usize = 32;
@@ -204,18 +205,7 @@ unsafe fn pack_lhs_avx512(lhs: &[f32], shape: Mat, packed: &mut [u16], parallel:
             }
         }
     };
-    let per_row_block = depth_steps * TILE;
-    if parallel {
-        packed
-            .par_chunks_mut(per_row_block)
-            .enumerate()
-            .for_each(pack_rows);
-    } else {
-        packed
-            .chunks_mut(per_row_block)
-            .enumerate()
-            .for_each(pack_rows);
-    }
+    for_each_chunk(packed, depth_steps * TILE, parallel, pack_rows);
 }
 
 /// Column tiles packed and multiplied per job: 128 columns, whose packed depth stays in L2.
@@ -693,33 +683,30 @@ impl<'a> ConvInPlace<'a> {
         words[planes * plane..].fill(0);
         let channel = |b: usize, c: usize| &images[(b * g.channels_in + c) * h * w..][..h * w];
         let [top, left] = g.padding;
-        words[..planes * plane]
-            .par_chunks_mut(plane)
-            .enumerate()
-            .for_each(|(i, out)| {
-                let (b, p) = (i / (channel_blocks * EDGE), i % (channel_blocks * EDGE));
-                if 2 * p >= g.channels_in {
-                    out.fill(0);
-                    return;
-                }
-                let low = channel(b, 2 * p);
-                let high = (2 * p + 1 < g.channels_in).then(|| channel(b, 2 * p + 1));
-                out[..top * padded[1]].fill(0);
-                out[(top + h) * padded[1]..].fill(0);
-                for y in 0..h {
-                    let row = &mut out[(y + top) * padded[1]..][..padded[1]];
-                    row[..left].fill(0);
-                    row[left + w..].fill(0);
-                    // SAFETY: only called after `available`, which checks AVX512-BF16.
-                    unsafe {
-                        interleave_row(
-                            &low[y * w..][..w],
-                            high.map(|c| &c[y * w..][..w]),
-                            &mut row[left..][..w],
-                        )
-                    };
-                }
-            });
+        for_each_chunk(&mut words[..planes * plane], plane, true, |(i, out)| {
+            let (b, p) = (i / (channel_blocks * EDGE), i % (channel_blocks * EDGE));
+            if 2 * p >= g.channels_in {
+                out.fill(0);
+                return;
+            }
+            let low = channel(b, 2 * p);
+            let high = (2 * p + 1 < g.channels_in).then(|| channel(b, 2 * p + 1));
+            out[..top * padded[1]].fill(0);
+            out[(top + h) * padded[1]..].fill(0);
+            for y in 0..h {
+                let row = &mut out[(y + top) * padded[1]..][..padded[1]];
+                row[..left].fill(0);
+                row[left + w..].fill(0);
+                // SAFETY: only called after `available`, which checks AVX512-BF16.
+                unsafe {
+                    interleave_row(
+                        &low[y * w..][..w],
+                        high.map(|c| &c[y * w..][..w]),
+                        &mut row[left..][..w],
+                    )
+                };
+            }
+        });
         Self {
             g,
             words,
@@ -746,31 +733,28 @@ impl<'a> ConvInPlace<'a> {
             "a filter per output channel"
         );
         let mut packed = vec![0u16; blocks(g.channels_out, EDGE) * depth_steps * TILE];
-        packed
-            .par_chunks_mut(depth_steps * TILE)
-            .enumerate()
-            .for_each(|(t, tiles)| {
-                for r in 0..EDGE.min(g.channels_out - t * EDGE) {
-                    let filters = &weight[(t * EDGE + r) * filter..][..filter];
-                    for o in 0..offsets {
-                        for block in 0..self.channel_blocks {
-                            let channels = (g.channels_in - block * DEPTH).min(DEPTH);
-                            let out = &mut tiles
-                                [(o * self.channel_blocks + block) * TILE + r * DEPTH..][..DEPTH];
-                            // SAFETY: only called after `available` (AVX512-BF16); the gather
-                            // reads taps `o` of `channels` channels inside `filters`.
-                            unsafe {
-                                gather_taps(
-                                    &filters[block * DEPTH * offsets + o..],
-                                    offsets,
-                                    channels,
-                                    out,
-                                )
-                            };
-                        }
+        for_each_chunk(&mut packed, depth_steps * TILE, true, |(t, tiles)| {
+            for r in 0..EDGE.min(g.channels_out - t * EDGE) {
+                let filters = &weight[(t * EDGE + r) * filter..][..filter];
+                for o in 0..offsets {
+                    for block in 0..self.channel_blocks {
+                        let channels = (g.channels_in - block * DEPTH).min(DEPTH);
+                        let out = &mut tiles
+                            [(o * self.channel_blocks + block) * TILE + r * DEPTH..][..DEPTH];
+                        // SAFETY: only called after `available` (AVX512-BF16); the gather
+                        // reads taps `o` of `channels` channels inside `filters`.
+                        unsafe {
+                            gather_taps(
+                                &filters[block * DEPTH * offsets + o..],
+                                offsets,
+                                channels,
+                                out,
+                            )
+                        };
                     }
                 }
-            });
+            }
+        });
         packed
     }
 

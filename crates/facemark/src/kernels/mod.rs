@@ -83,6 +83,26 @@ fn uses_tiles() -> bool {
     precision() == Precision::Bf16 && tiles_available()
 }
 
+/// Values below which a memory-bound pass stays on the calling thread: waking rayon's threads
+/// costs more than they save (a single face's small layers).
+const PARALLEL_MIN_VALUES: usize = 1 << 16;
+
+/// Runs `work` on each `chunk`-long piece of `data` with its index, on rayon's threads when
+/// `parallel` and `data` holds at least [`PARALLEL_MIN_VALUES`], else on this thread.
+pub(crate) fn for_each_chunk<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    parallel: bool,
+    work: impl Fn((usize, &mut [T])) + Sync + Send,
+) {
+    use rayon::prelude::*;
+    if parallel && data.len() >= PARALLEL_MIN_VALUES {
+        data.par_chunks_mut(chunk).enumerate().for_each(work);
+    } else {
+        data.chunks_mut(chunk).enumerate().for_each(work);
+    }
+}
+
 pub use extension::{
     batch_norm, conv_norm, conv_transpose2d, conv2d, fold_norm, forward_conv, forward_up, max_pool,
 };

@@ -3,7 +3,7 @@
 //! largest of its four inputs, and the backward pass finds that input again instead of keeping
 //! indices.
 
-use rayon::prelude::*;
+use super::for_each_chunk;
 
 /// Shapes of a 2x2, stride-2 pooling: `planes` (batch times channels) of `height x width`;
 /// an odd last row or column is left out, as burn does.
@@ -52,9 +52,11 @@ pub fn forward(g: &PoolGeometry, x: &[f32]) -> Vec<f32> {
     if out_plane == 0 {
         return y;
     }
-    y.par_chunks_mut(PLANES_PER_TASK * out_plane)
-        .enumerate()
-        .for_each(|(task, outputs)| {
+    for_each_chunk(
+        &mut y,
+        PLANES_PER_TASK * out_plane,
+        true,
+        |(task, outputs)| {
             for (i, out) in outputs.chunks_exact_mut(out_plane).enumerate() {
                 let input = &x[(task * PLANES_PER_TASK + i) * plane..][..plane];
                 for (oy, row) in out.chunks_exact_mut(g.out_width()).enumerate() {
@@ -63,7 +65,8 @@ pub fn forward(g: &PoolGeometry, x: &[f32]) -> Vec<f32> {
                     }
                 }
             }
-        });
+        },
+    );
     y
 }
 
@@ -74,18 +77,16 @@ pub fn backward(g: &PoolGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     if out_plane == 0 {
         return dx;
     }
-    dx.par_chunks_mut(PLANES_PER_TASK * plane)
-        .enumerate()
-        .for_each(|(task, grads)| {
-            for (i, grad) in grads.chunks_exact_mut(plane).enumerate() {
-                let p = task * PLANES_PER_TASK + i;
-                let (input, up) = (&x[p * plane..][..plane], &dy[p * out_plane..][..out_plane]);
-                for (oy, row) in up.chunks_exact(g.out_width()).enumerate() {
-                    for (ox, &d) in row.iter().enumerate() {
-                        grad[window_max(input, g.width, oy, ox).1] += d;
-                    }
+    for_each_chunk(&mut dx, PLANES_PER_TASK * plane, true, |(task, grads)| {
+        for (i, grad) in grads.chunks_exact_mut(plane).enumerate() {
+            let p = task * PLANES_PER_TASK + i;
+            let (input, up) = (&x[p * plane..][..plane], &dy[p * out_plane..][..out_plane]);
+            for (oy, row) in up.chunks_exact(g.out_width()).enumerate() {
+                for (ox, &d) in row.iter().enumerate() {
+                    grad[window_max(input, g.width, oy, ox).1] += d;
                 }
             }
-        });
+        }
+    });
     dx
 }
