@@ -260,10 +260,7 @@ unsafe fn pack_rhs_avx512(rhs: &[f32], shape: Mat, first_tile: usize, tiles: &mu
         // Column-major (a transposed row-major operand): a column's depth values are adjacent,
         // so 32 of them in memory order are already 16 VNNI pairs; each pair goes to its own
         // tile row, so the 16 words of a column are scattered 16 words apart.
-        let offsets = _mm512_mullo_epi32(
-            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-            _mm512_set1_epi32(EDGE as i32),
-        );
+        let offsets = lane_offsets(EDGE);
         for t in 0..tile_count {
             let first = (first_tile + t) * EDGE;
             for c in 0..(n - first).min(EDGE) {
@@ -648,12 +645,21 @@ pub(super) fn reads_in_place(g: &ConvGeometry) -> bool {
     g.stride == [1, 1] && g.channels_in >= EDGE && pays_packed(g.channels_out)
 }
 
+/// The preconditions of the in-place readers: stride 1, and the batch's images all there.
+fn check_stride_one(g: &ConvGeometry, images: &[f32]) {
+    assert!(g.stride == [1, 1], "stride 1");
+    assert!(
+        images.len() >= g.batch * g.channels_in * g.height * g.width,
+        "the images fit the geometry"
+    );
+}
+
 /// A stride-1 convolution's column matrices, never built: the images are copied once into bf16
 /// planes, zero-padded, with channels `2p` and `2p + 1` interleaved in plane `p` (a VNNI pair per
 /// pixel), so the 16 pixels of a column tile at one kernel offset and 32 channels are 16 rows of
 /// 64 contiguous bytes, one plane apart: one tile load, no packing. Depth runs kernel offset by
 /// offset, 32 channels each (zero channels pad the last 32), so the weights are rearranged to
-/// match ([`ConvInPlace::weights`]).
+/// match ([`ConvInPlace::packed_weights`]).
 pub(super) struct ConvInPlace<'a> {
     g: &'a ConvGeometry,
     words: Vec<u32>,
@@ -665,12 +671,8 @@ pub(super) struct ConvInPlace<'a> {
 
 impl<'a> ConvInPlace<'a> {
     pub(super) fn new(g: &'a ConvGeometry, images: &[f32]) -> Self {
-        assert!(g.stride == [1, 1], "stride 1");
+        check_stride_one(g, images);
         let (h, w) = (g.height, g.width);
-        assert!(
-            images.len() >= g.batch * g.channels_in * h * w,
-            "the images fit the geometry"
-        );
         let channel_blocks = g.channels_in.div_ceil(DEPTH);
         let padded = [h + 2 * g.padding[0], w + 2 * g.padding[1]];
         let plane = padded[0] * padded[1];
@@ -769,16 +771,23 @@ impl Drop for ConvInPlace<'_> {
     }
 }
 
+/// `[0, stride, 2·stride, ..., 15·stride]`: the lanes' offsets of a strided gather or scatter.
+#[target_feature(enable = "avx512f")]
+fn lane_offsets(stride: usize) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(stride as i32),
+    )
+}
+
 /// `out[c] = bf16(taps[c * stride])` for `c < count ≤ 32`, zero beyond.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn gather_taps(taps: &[f32], stride: usize, count: usize, out: &mut [u16]) {
     use std::arch::x86_64::*;
     debug_assert!(count <= DEPTH && out.len() >= DEPTH);
     debug_assert!(count == 0 || (count - 1) * stride < taps.len());
-    let index = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-        _mm512_set1_epi32(stride as i32),
-    );
+    let index = lane_offsets(stride);
     let half = |first: usize| {
         let n = count.saturating_sub(first).min(EDGE);
         if n == 0 {
@@ -888,12 +897,8 @@ pub(super) struct ConvWeightGradient<'a> {
 
 impl<'a> ConvWeightGradient<'a> {
     pub(super) fn new(g: &'a ConvGeometry, images: &[f32]) -> Self {
-        assert!(g.stride == [1, 1], "stride 1");
+        check_stride_one(g, images);
         let (h, w) = (g.height, g.width);
-        assert!(
-            images.len() >= g.batch * g.channels_in * h * w,
-            "the images fit the geometry"
-        );
         let [top, left] = g.padding;
         let padded_width = w + 2 * left;
         let padded_len = (h + 2 * top) * padded_width;
@@ -1061,10 +1066,7 @@ unsafe fn store_run(values: &[f32], depth: usize, r: usize, tiles: &mut [u16]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn scatter_pairs(run: &[f32], out: *mut u32, stride: usize, count: usize) {
     use std::arch::x86_64::*;
-    let index = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-        _mm512_set1_epi32(stride as i32),
-    );
+    let index = lane_offsets(stride);
     // SAFETY: `run` holds 32 values; the caller vouches for the written words.
     unsafe {
         let words = bf16_in_order(load_up_to(run, EDGE), load_up_to(&run[EDGE..], EDGE));
