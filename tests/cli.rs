@@ -861,6 +861,14 @@ fn resume_refuses_flags_that_contradict_the_stored_recipe() {
     assert!(same.status.success(), "{}", stderr(&same));
 }
 
+/// One JSON value per line of the command's stdout.
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    stdout(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// `bench --model` takes a shipped model (its recipe, weights and optimiser) as well as a task.
 #[test]
 fn bench_measures_a_shipped_model_by_name() {
@@ -879,10 +887,7 @@ fn bench_measures_a_shipped_model_by_name() {
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let lines: Vec<serde_json::Value> = stdout(&out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines[0]["model"], "nose");
     assert!(
         lines[0]["images_per_s"].as_f64().unwrap() > 0.0,
@@ -938,10 +943,7 @@ fn bench_times_a_recipe_before_training() {
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let lines: Vec<serde_json::Value> = stdout(&out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     let inference = lines
         .iter()
         .find(|l| l["bench"] == "inference_synthetic")

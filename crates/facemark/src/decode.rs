@@ -120,7 +120,7 @@ pub fn decode_log_maps(log_maps: Tensor<4>, decoding: Decoding) -> Tensor<3> {
     let bx = best.clone().remainder_scalar(w as i64);
     let by = best.clone().div_scalar(w as i64);
     if decoding == Decoding::LocalMean {
-        let (x, y) = local_mean(log, best, [h, w]);
+        let (x, y) = local_mean(log, best, bx, by, [h, w]);
         return Tensor::cat(vec![x.div_scalar(w as f32), y.div_scalar(h as f32)], 1)
             .reshape([b, k, 2]);
     }
@@ -152,9 +152,15 @@ pub fn decode_log_maps(log_maps: Tensor<4>, decoding: Decoding) -> Tensor<3> {
 }
 
 /// `[n, 1]` x and y (map pixels) of [`Decoding::LocalMean`]: the probability-weighted mean of
-/// the pixel centres in the window around each row's `best` pixel of `log` (`[n, h * w]`
-/// log-values), pixels outside the map left out.
-fn local_mean(log: Tensor<2>, best: Tensor<2, Int>, [h, w]: [usize; 2]) -> (Tensor<2>, Tensor<2>) {
+/// the pixel centres in the window around each row's `best` pixel (column `bx`, row `by`) of
+/// `log` (`[n, h * w]` log-values), pixels outside the map left out.
+fn local_mean(
+    log: Tensor<2>,
+    best: Tensor<2, Int>,
+    bx: Tensor<2, Int>,
+    by: Tensor<2, Int>,
+    [h, w]: [usize; 2],
+) -> (Tensor<2>, Tensor<2>) {
     let device = log.device();
     let steps: Vec<i64> = (-LOCAL_MEAN_RADIUS..=LOCAL_MEAN_RADIUS).collect();
     let (dx, dy): (Vec<i64>, Vec<i64>) = steps
@@ -165,8 +171,8 @@ fn local_mean(log: Tensor<2>, best: Tensor<2, Int>, [h, w]: [usize; 2]) -> (Tens
     let row = |values: Vec<i64>| {
         Tensor::<2, Int>::from_data(TensorData::new(values, [1, window]), &device)
     };
-    let xs = best.clone().remainder_scalar(w as i64) + row(dx);
-    let ys = best.clone().div_scalar(w as i64) + row(dy);
+    let xs = bx + row(dx);
+    let ys = by + row(dy);
     let inside = xs
         .clone()
         .greater_equal_elem(0)
@@ -250,8 +256,9 @@ mod tests {
         let best = decode_argmax(map, side);
         let (bx, by) = (best[0] as i64, best[1] as i64);
         let (mut sum, mut sx, mut sy) = (0.0f64, 0.0f64, 0.0f64);
-        for y in (by - 2).max(0)..=(by + 2).min(side as i64 - 1) {
-            for x in (bx - 2).max(0)..=(bx + 2).min(side as i64 - 1) {
+        let r = LOCAL_MEAN_RADIUS;
+        for y in (by - r).max(0)..=(by + r).min(side as i64 - 1) {
+            for x in (bx - r).max(0)..=(bx + r).min(side as i64 - 1) {
                 let v = map[y as usize * side + x as usize].max(0.0) as f64 + 1e-12;
                 sum += v;
                 sx += v * (x as f64 + 0.5);

@@ -429,8 +429,13 @@ pub(super) trait Columns: Sync {
     fn depth(&self) -> usize;
     /// Column tiles (16 columns each).
     fn tiles(&self) -> usize;
-    /// Packs column tiles `first_tile..` into `tiles` (as many as it holds), zero-padded.
-    fn pack(&self, first_tile: usize, tiles: &mut [u32]);
+    /// Packs column tiles `first_tile..` into `tiles` (as many as it holds), zero-padded. Columns
+    /// read in place need not: by default their tiles are copied from where they lie.
+    fn pack(&self, first_tile: usize, tiles: &mut [u32]) {
+        self.in_place()
+            .expect("columns that do not read in place pack their tiles")
+            .pack(first_tile, tiles);
+    }
     /// Where column tile `tile`'s columns go in the product's first row: `(index, count)`.
     fn destination(&self, tile: usize) -> (usize, usize);
     /// Distance between the product's rows in the destination.
@@ -513,10 +518,7 @@ pub(super) struct ConvColumns<'a> {
 
 impl<'a> ConvColumns<'a> {
     pub(super) fn new(g: &'a ConvGeometry, images: &'a [f32]) -> Self {
-        assert!(
-            images.len() >= g.batch * g.channels_in * g.height * g.width,
-            "the images fit the geometry"
-        );
+        check_images(g, images);
         let [kh, kw] = g.kernel;
         let positions = (0..g.channels_in * kh * kw)
             .map(|k| {
@@ -645,9 +647,8 @@ pub(super) fn reads_in_place(g: &ConvGeometry) -> bool {
     g.stride == [1, 1] && g.channels_in >= EDGE && pays_packed(g.channels_out)
 }
 
-/// The preconditions of the in-place readers: stride 1, and the batch's images all there.
-fn check_stride_one(g: &ConvGeometry, images: &[f32]) {
-    assert!(g.stride == [1, 1], "stride 1");
+/// The batch's images are all there.
+fn check_images(g: &ConvGeometry, images: &[f32]) {
     assert!(
         images.len() >= g.batch * g.channels_in * g.height * g.width,
         "the images fit the geometry"
@@ -671,7 +672,8 @@ pub(super) struct ConvInPlace<'a> {
 
 impl<'a> ConvInPlace<'a> {
     pub(super) fn new(g: &'a ConvGeometry, images: &[f32]) -> Self {
-        check_stride_one(g, images);
+        assert!(g.stride == [1, 1], "stride 1");
+        check_images(g, images);
         let (h, w) = (g.height, g.width);
         let channel_blocks = g.channels_in.div_ceil(DEPTH);
         let padded = [h + 2 * g.padding[0], w + 2 * g.padding[1]];
@@ -834,11 +836,6 @@ impl Columns for ConvInPlace<'_> {
         self.g.batch * self.tiles_per_image()
     }
 
-    fn pack(&self, first_tile: usize, tiles: &mut [u32]) {
-        // The product reads these tiles in place; this serves callers that want them packed.
-        self.in_place().expect("in place").pack(first_tile, tiles);
-    }
-
     fn destination(&self, tile: usize) -> (usize, usize) {
         conv_destination(self.g, self.tiles_per_row, tile)
     }
@@ -897,7 +894,8 @@ pub(super) struct ConvWeightGradient<'a> {
 
 impl<'a> ConvWeightGradient<'a> {
     pub(super) fn new(g: &'a ConvGeometry, images: &[f32]) -> Self {
-        check_stride_one(g, images);
+        assert!(g.stride == [1, 1], "stride 1");
+        check_images(g, images);
         let (h, w) = (g.height, g.width);
         let [top, left] = g.padding;
         let padded_width = w + 2 * left;
@@ -1081,11 +1079,6 @@ impl Columns for ConvWeightGradient<'_> {
 
     fn tiles(&self) -> usize {
         self.g.kernel[0] * self.g.kernel[1] * self.channels / EDGE
-    }
-
-    fn pack(&self, first_tile: usize, tiles: &mut [u32]) {
-        // The product reads these tiles in place; this serves callers that want them packed.
-        self.in_place().expect("in place").pack(first_tile, tiles);
     }
 
     fn destination(&self, tile: usize) -> (usize, usize) {

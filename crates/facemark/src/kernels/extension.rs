@@ -1,5 +1,5 @@
-//! The convolution kernel of [`super::conv`] as a burn backend extension: a forward pass for the
-//! flex backend and a backward pass for autodiff over flex.
+//! facemark's kernels (convolution, upsampling, batch norm, 2x2 max pooling) as a burn backend
+//! extension: a forward pass for the flex backend and a backward pass for autodiff over flex.
 //!
 //! burn-flex computes a convolution's input gradient as a transposed convolution and its weight
 //! gradient as a convolution with the batch as channels; both are matrix products here.
