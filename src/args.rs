@@ -8,7 +8,7 @@ use facemark::data::FaceBox;
 use facemark::decode::Decoding;
 use facemark::heatmap::TargetKind;
 use facemark::model::{HeatmapLoss, ModelOverrides, Pooling};
-use facemark::recipe::{Overrides, RecipeKind, Schedule, Task, TrainingBoxes};
+use facemark::recipe::{AugmentOverrides, Overrides, RecipeKind, Schedule, Task, TrainingBoxes};
 
 #[derive(Parser)]
 #[command(
@@ -270,6 +270,18 @@ pub struct TrainArgs {
     /// Turn the recipe's augmentation off.
     #[arg(long)]
     pub no_augment: bool,
+    /// Largest rotation of the augmentation, in degrees.
+    #[arg(long, conflicts_with = "no_augment")]
+    pub rotate: Option<f32>,
+    /// Largest translation of the augmentation, as a fraction of the input side.
+    #[arg(long, conflicts_with = "no_augment")]
+    pub translate: Option<f32>,
+    /// Scale range of the augmentation, `min,max` (e.g. 0.9,1.1).
+    #[arg(long, value_parser = parse_scale_range, conflicts_with = "no_augment")]
+    pub scale: Option<[f32; 2]>,
+    /// Probability of hiding a random rectangle of each training image (random erasing).
+    #[arg(long, conflicts_with = "no_augment")]
+    pub occlusion: Option<f32>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// Input side of face-box networks (224 as in the study; 160 or 112 for CPU budgets).
@@ -316,6 +328,12 @@ impl TrainArgs {
             weight_decay: self.weight_decay,
             seed: self.seed,
             no_augment: self.no_augment,
+            augment: AugmentOverrides {
+                rotate_degrees: self.rotate,
+                translate: self.translate,
+                scale: self.scale,
+                occlusion: self.occlusion,
+            },
             input_size: self.size,
             training_boxes: self.train_boxes,
             test_time_flip: self.test_time_flip,
@@ -362,6 +380,15 @@ fn parse_recipe(text: &str) -> Result<RecipeKind, String> {
         "best" => Ok(RecipeKind::Best),
         _ => Err("expected study or best".into()),
     }
+}
+
+fn parse_scale_range(text: &str) -> Result<[f32; 2], String> {
+    let parts: Vec<&str> = text.split(',').collect();
+    let [lo, hi] = parts[..] else {
+        return Err("expected min,max (e.g. 0.9,1.1)".into());
+    };
+    let number = |s: &str| s.trim().parse::<f32>().map_err(|e| format!("{s:?}: {e}"));
+    Ok([number(lo)?, number(hi)?])
 }
 
 fn parse_training_boxes(text: &str) -> Result<TrainingBoxes, String> {

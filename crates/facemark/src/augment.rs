@@ -108,6 +108,9 @@ pub struct AugmentConfig {
     /// the permutation itself here, as `flip`: a list reads as `true`, `null` as `false`.
     #[serde(alias = "flip", deserialize_with = "flag_or_permutation")]
     pub mirror: bool,
+    /// Probability of hiding one random rectangle of the image (random erasing): the points
+    /// stay where they are, so the net learns to place hidden ones from the rest of the face.
+    pub occlusion: f32,
 }
 
 impl Default for AugmentConfig {
@@ -122,6 +125,7 @@ impl Default for AugmentConfig {
             contrast: 0.2,
             border: BorderFill::Replicate,
             mirror: false,
+            occlusion: 0.0,
         }
     }
 }
@@ -135,6 +139,49 @@ pub struct AugmentDraw {
     pub contrast: f32,
     /// Whether the draw mirrors the image (the affine then includes the mirror).
     pub flipped: bool,
+    /// A rectangle of the output to hide, if any.
+    pub occluder: Option<Occluder>,
+}
+
+/// A rectangle of the augmented image filled with noise, in fractions of its size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Occluder {
+    pub left: f32,
+    pub top: f32,
+    pub width: f32,
+    pub height: f32,
+    /// Seeds the fill, so a draw stays reproducible.
+    pub noise_seed: u64,
+}
+
+impl Occluder {
+    /// Sides between 15 % and 45 % of the image's, anywhere on it.
+    fn draw(rng: &mut impl Rng) -> Self {
+        let width = rng.random_range(0.15..=0.45);
+        let height = rng.random_range(0.15..=0.45);
+        Self {
+            left: rng.random_range(0.0..=1.0 - width),
+            top: rng.random_range(0.0..=1.0 - height),
+            width,
+            height,
+            noise_seed: rng.random(),
+        }
+    }
+
+    /// Fills the rectangle of a `w` x `h` image with uniform noise around a random grey.
+    fn apply(&self, pixels: &mut [f32], w: usize, h: usize) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.noise_seed);
+        let grey: f32 = rng.random_range(-0.4..=0.4);
+        let x0 = (self.left * w as f32) as usize;
+        let y0 = (self.top * h as f32) as usize;
+        let x1 = (((self.left + self.width) * w as f32) as usize).min(w);
+        let y1 = (((self.top + self.height) * h as f32) as usize).min(h);
+        for row in pixels.chunks_exact_mut(w).take(y1).skip(y0) {
+            for v in &mut row[x0..x1] {
+                *v = (grey + rng.random_range(-0.1..=0.1f32)).clamp(-0.5, 0.5);
+            }
+        }
+    }
 }
 
 /// A reproducible RNG for sample `index` of `epoch` in a run seeded with `seed`.
@@ -190,11 +237,17 @@ impl AugmentConfig {
             .compose(Affine::scale(scale))
             .compose(mirror)
             .compose(Affine::translation(-cx, -cy));
+        let brightness = symmetric(rng, self.brightness);
+        let contrast = 1.0 + symmetric(rng, self.contrast);
+        // Drawn last and only when asked for, so recipes without occlusion draw as before.
+        let occluder = (self.occlusion > 0.0 && rng.random_bool(self.occlusion.min(1.0) as f64))
+            .then(|| Occluder::draw(rng));
         AugmentDraw {
             affine,
-            brightness: symmetric(rng, self.brightness),
-            contrast: 1.0 + symmetric(rng, self.contrast),
+            brightness,
+            contrast,
             flipped,
+            occluder,
         }
     }
 
@@ -242,6 +295,9 @@ pub fn warp(example: &Example, draw: &AugmentDraw, border: BorderFill) -> Exampl
             let v = (v - mean) * draw.contrast + mean + draw.brightness;
             pixels.push(v.clamp(-0.5, 0.5));
         }
+    }
+    if let Some(occluder) = &draw.occluder {
+        occluder.apply(&mut pixels, w, h);
     }
     let (wf, hf) = (w as f32, h as f32);
     let points = example
@@ -360,6 +416,7 @@ mod tests {
             brightness: 0.0,
             contrast: 1.0,
             flipped: false,
+            occluder: None,
         };
         let out = warp(&example, &draw, BorderFill::Replicate);
         assert_eq!(out.points, example.points);
@@ -415,6 +472,50 @@ mod tests {
             }
         }
         assert!(flipped_seen && kept_seen, "about half the draws flip");
+    }
+
+    #[test]
+    fn occlusion_hides_a_rectangle_and_keeps_the_points() {
+        let example = dots(80, 60, &[[20.5, 30.5], [59.5, 30.5]]);
+        let still = AugmentConfig {
+            translate: 0.0,
+            rotate_degrees: 0.0,
+            shear: 0.0,
+            brightness: 0.0,
+            contrast: 0.0,
+            ..AugmentConfig::default()
+        };
+        let occluded = AugmentConfig {
+            occlusion: 1.0,
+            ..still.clone()
+        };
+        // Without occlusion the draws are the same as before the option existed.
+        let plain = still.draw(&mut sample_rng(5, 1, 2), 80, 60, false);
+        assert_eq!(plain.occluder, None);
+        for index in 0..8 {
+            let draw = occluded.draw(&mut sample_rng(5, 1, index), 80, 60, false);
+            let rect = draw.occluder.expect("occlusion 1.0 always occludes");
+            assert!(rect.left >= 0.0 && rect.left + rect.width <= 1.0 + 1e-6);
+            assert!(rect.top >= 0.0 && rect.top + rect.height <= 1.0 + 1e-6);
+            let out = warp(&example, &draw, BorderFill::Replicate);
+            assert_eq!(out.points, example.points);
+            let changed = out
+                .pixels
+                .iter()
+                .zip(&example.pixels)
+                .filter(|(a, b)| (*a - *b).abs() > 1e-6)
+                .count();
+            let area = rect.width * 80.0 * rect.height * 60.0;
+            assert!(
+                changed as f32 > 0.5 * area && changed as f32 <= area + 140.0,
+                "{changed} pixels changed for a {area} px rectangle"
+            );
+            // The same draw fills the same noise.
+            assert_eq!(
+                warp(&example, &draw, BorderFill::Replicate).pixels,
+                out.pixels
+            );
+        }
     }
 
     #[test]

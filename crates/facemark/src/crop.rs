@@ -1,8 +1,7 @@
 //! Face crops: a square region around a face box, enlarged and optionally jittered, resized to the
 //! model's input with the landmarks mapped exactly (and back again for predictions).
 
-use image::imageops::{self, FilterType};
-use image::{GrayImage, Luma};
+use image::GrayImage;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -116,34 +115,7 @@ pub fn crop_face(
     config: &CropConfig,
 ) -> (Example, CropTransform) {
     let (left, top, side) = crop_region(bbox, config.enlarge);
-    let fill = mean_grey(gray);
-    let mut canvas = GrayImage::from_pixel(side, side, Luma([fill]));
-    // Copy the part of the square that lies inside the image.
-    let x0 = left.max(0);
-    let y0 = top.max(0);
-    let x1 = (left + side as i64).min(gray.width() as i64);
-    let y1 = (top + side as i64).min(gray.height() as i64);
-    if x1 > x0 && y1 > y0 {
-        let part = imageops::crop_imm(
-            gray,
-            x0 as u32,
-            y0 as u32,
-            (x1 - x0) as u32,
-            (y1 - y0) as u32,
-        )
-        .to_image();
-        imageops::replace(&mut canvas, &part, x0 - left, y0 - top);
-    }
-    let resized = if side as usize == config.size {
-        canvas
-    } else {
-        imageops::resize(
-            &canvas,
-            config.size as u32,
-            config.size as u32,
-            FilterType::Triangle,
-        )
-    };
+    let resized = resize_square(gray, [left, top], side, config.size as u32);
     let transform = CropTransform {
         origin: [left as f32, top as f32],
         scale: config.size as f32 / side as f32,
@@ -157,12 +129,134 @@ pub fn crop_face(
 
 fn mean_grey(gray: &GrayImage) -> u8 {
     let n = gray.as_raw().len().max(1) as u64;
-    (gray.as_raw().iter().map(|&v| v as u64).sum::<u64>() / n) as u8
+    // Sums of at most 2^16 pixels fit in a u32, which vectorises where a u64 per pixel does not.
+    let sum: u64 = gray
+        .as_raw()
+        .chunks(1 << 16)
+        .map(|chunk| chunk.iter().map(|&v| v as u32).sum::<u32>() as u64)
+        .sum();
+    (sum / n) as u8
+}
+
+/// The square of `side` pixels at `origin` (left, top) in `gray`, with what lies outside the
+/// photo filled with its mean grey, resized to `size` x `size`: pixel for pixel what
+/// `imageops::resize(.., FilterType::Triangle)` makes of that square (the same weights, the same
+/// order of sums, the same rounding), without building the square or working on four channels.
+/// For a large face in a large photo this is most of what a crop costs.
+fn resize_square(gray: &GrayImage, origin: [i64; 2], side: u32, size: u32) -> GrayImage {
+    let [left, top] = origin;
+    let (width, height) = (gray.width() as i64, gray.height() as i64);
+    let inside =
+        left >= 0 && top >= 0 && left + side as i64 <= width && top + side as i64 <= height;
+    // The fill is only needed (and only computed) when the square leaves the photo.
+    let fill = if inside { 0 } else { mean_grey(gray) };
+    let row_of_square = |y: u32, buffer: &mut Vec<u8>| {
+        buffer.clear();
+        let sy = top + y as i64;
+        if !(0..height).contains(&sy) {
+            buffer.resize(side as usize, fill);
+            return;
+        }
+        let row = &gray.as_raw()[sy as usize * width as usize..][..width as usize];
+        let (x0, x1) = (left.clamp(0, width), (left + side as i64).clamp(0, width));
+        buffer.resize((x0 - left).clamp(0, side as i64) as usize, fill);
+        if x1 > x0 {
+            buffer.extend_from_slice(&row[x0 as usize..x1 as usize]);
+        }
+        buffer.resize(side as usize, fill);
+    };
+    if side == size {
+        let mut out = Vec::with_capacity((side * side) as usize);
+        let mut row = Vec::new();
+        for y in 0..side {
+            row_of_square(y, &mut row);
+            out.extend_from_slice(&row);
+        }
+        return GrayImage::from_raw(side, side, out).expect("side x side pixels");
+    }
+    // Vertical pass first, into f32, as `imageops::resize` does.
+    let taps = TriangleTaps::new(side, size);
+    let n = side as usize;
+    let mut columns = vec![0.0f32; size as usize * n];
+    let mut row = Vec::new();
+    for (out_row, (first, weights)) in columns.chunks_exact_mut(n).zip(taps.iter()) {
+        for (i, &w) in weights.iter().enumerate() {
+            row_of_square(first + i as u32, &mut row);
+            for (t, &v) in out_row.iter_mut().zip(&row) {
+                *t += v as f32 * w;
+            }
+        }
+    }
+    // Then across, rounding to the nearest grey level (halves away from zero).
+    let mut out = Vec::with_capacity((size * size) as usize);
+    for column in columns.chunks_exact(n) {
+        for (first, weights) in taps.iter() {
+            let mut t = 0.0f32;
+            for (&v, &w) in column[first as usize..].iter().zip(weights) {
+                t += v * w;
+            }
+            let t = t.clamp(0.0, 255.0);
+            let whole = t as u32;
+            out.push((whole + (t - whole as f32 >= 0.5) as u32) as u8);
+        }
+    }
+    GrayImage::from_raw(size, size, out).expect("size x size pixels")
+}
+
+/// The triangle filter's taps for resampling `from` pixels to `to`: for each output pixel the
+/// first input pixel and the normalised weights, computed as `imageops::resize` computes them.
+struct TriangleTaps {
+    first: Vec<u32>,
+    /// Every output pixel's weights, `stride` apart (zero-padded).
+    weights: Vec<f32>,
+    counts: Vec<usize>,
+    stride: usize,
+}
+
+impl TriangleTaps {
+    fn new(from: u32, to: u32) -> Self {
+        let ratio = from as f32 / to as f32;
+        let sratio = if ratio < 1.0 { 1.0 } else { ratio };
+        let support = sratio;
+        let stride = 2 * support.ceil() as usize + 2;
+        let mut taps = Self {
+            first: Vec::with_capacity(to as usize),
+            weights: vec![0.0; to as usize * stride],
+            counts: Vec::with_capacity(to as usize),
+            stride,
+        };
+        for (out, weights) in taps.weights.chunks_exact_mut(stride).enumerate() {
+            let centre = (out as f32 + 0.5) * ratio;
+            let left = ((centre - support).floor() as i64).clamp(0, from as i64 - 1);
+            let right = ((centre + support).ceil() as i64).clamp(left + 1, from as i64);
+            let centre = centre - 0.5;
+            let count = (right - left) as usize;
+            let mut sum = 0.0;
+            for (i, w) in weights[..count].iter_mut().enumerate() {
+                let x = ((left + i as i64) as f32 - centre) / sratio;
+                *w = if x.abs() < 1.0 { 1.0 - x.abs() } else { 0.0 };
+                sum += *w;
+            }
+            weights[..count].iter_mut().for_each(|w| *w /= sum);
+            taps.first.push(left as u32);
+            taps.counts.push(count);
+        }
+        taps
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u32, &[f32])> {
+        self.first
+            .iter()
+            .zip(&self.counts)
+            .zip(self.weights.chunks_exact(self.stride))
+            .map(|((&first, &count), weights)| (first, &weights[..count]))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::Luma;
 
     #[test]
     fn a_point_maps_into_the_crop_and_back() {
@@ -253,6 +347,71 @@ mod tests {
             let (cx, cy) = (b.left + b.width / 2.0, b.top + b.height / 2.0);
             assert!((cx - 50.0).abs() <= 10.0 + 1e-3 && (cy - 50.0).abs() <= 10.0 + 1e-3);
             assert!((80.0 - 1e-3..=120.0 + 1e-3).contains(&b.width));
+        }
+    }
+
+    /// The crop as `crop_face` made it before `resize_square`: the square built with the mean
+    /// grey around the photo, then `imageops::resize` with the triangle filter.
+    fn reference_square(gray: &GrayImage, left: i64, top: i64, side: u32, size: u32) -> GrayImage {
+        use image::imageops::{self, FilterType};
+        let fill = mean_grey(gray);
+        let mut canvas = GrayImage::from_pixel(side, side, Luma([fill]));
+        let x0 = left.max(0);
+        let y0 = top.max(0);
+        let x1 = (left + side as i64).min(gray.width() as i64);
+        let y1 = (top + side as i64).min(gray.height() as i64);
+        if x1 > x0 && y1 > y0 {
+            let part = imageops::crop_imm(
+                gray,
+                x0 as u32,
+                y0 as u32,
+                (x1 - x0) as u32,
+                (y1 - y0) as u32,
+            )
+            .to_image();
+            imageops::replace(&mut canvas, &part, x0 - left, y0 - top);
+        }
+        if side == size {
+            canvas
+        } else {
+            imageops::resize(&canvas, size, size, FilterType::Triangle)
+        }
+    }
+
+    #[test]
+    fn resized_squares_equal_image_crates_resize_pixel_for_pixel() {
+        let photo = |w: u32, h: u32, seed: u32| {
+            let mut state = seed;
+            GrayImage::from_fn(w, h, |x, y| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                // Smooth structure plus noise, so the rounding sees every fraction.
+                Luma([((x * 3 + y * 5) % 200) as u8 + (state >> 28) as u8 * 3])
+            })
+        };
+        let cases = [
+            // Inside; down by a large and a small factor; up; the same size.
+            (640, 480, 100, 50, 400, 112),
+            (640, 480, 200, 100, 150, 112),
+            (300, 200, 120, 60, 70, 112),
+            (300, 200, 10, 10, 112, 112),
+            // Past every border, and wholly outside.
+            (300, 200, -40, -30, 260, 112),
+            (300, 200, 150, 120, 260, 80),
+            (120, 90, -200, -200, 500, 160),
+            (50, 50, 60, 60, 30, 112),
+        ];
+        for (i, &(w, h, left, top, side, size)) in cases.iter().enumerate() {
+            let gray = photo(w, h, i as u32);
+            let ours = resize_square(&gray, [left, top], side, size);
+            let reference = reference_square(&gray, left, top, side, size);
+            assert_eq!(ours.dimensions(), reference.dimensions(), "case {i}");
+            let differing = ours
+                .as_raw()
+                .iter()
+                .zip(reference.as_raw())
+                .filter(|(a, b)| a != b)
+                .count();
+            assert_eq!(differing, 0, "case {i}: {differing} pixels differ");
         }
     }
 }

@@ -389,6 +389,9 @@ pub struct Overrides {
     pub seed: Option<u64>,
     /// Train on the images as they are.
     pub no_augment: bool,
+    /// Augmentation ranges to change (starting from the study's ranges where the recipe has
+    /// none).
+    pub augment: AugmentOverrides,
     /// Square input side (face-box networks).
     pub input_size: Option<usize>,
     /// Which boxes face-box training crops start from.
@@ -414,7 +417,15 @@ impl Overrides {
         set(&mut config.seed, self.seed);
         set(&mut config.test_time_flip, self.test_time_flip);
         if self.no_augment {
+            if !self.augment.is_empty() {
+                return Err(RecipeError::Invalid(
+                    "augmentation ranges were given along with no_augment".into(),
+                ));
+            }
             config.augment = None;
+        } else if !self.augment.is_empty() {
+            let augment = config.augment.get_or_insert_with(AugmentConfig::default);
+            self.augment.apply(augment)?;
         }
         let task = config.task.name();
         let faces_only = |option: &'static str| RecipeError::FaceBoxOnly { option, task };
@@ -468,6 +479,42 @@ impl Overrides {
             })
             .collect();
         Err(RecipeError::ContradictsStoredRecipe(differing.join("; ")))
+    }
+}
+
+/// Changes to the augmentation ranges; `None` leaves a range as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AugmentOverrides {
+    pub rotate_degrees: Option<f32>,
+    pub translate: Option<f32>,
+    pub scale: Option<[f32; 2]>,
+    pub occlusion: Option<f32>,
+}
+
+impl AugmentOverrides {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn apply(&self, augment: &mut AugmentConfig) -> Result<(), RecipeError> {
+        let invalid = |s: String| Err(RecipeError::Invalid(s));
+        if let Some(p) = self.occlusion
+            && !(0.0..=1.0).contains(&p)
+        {
+            return invalid(format!("occlusion {p} is a probability (0 to 1)"));
+        }
+        if let Some([lo, hi]) = self.scale
+            && !(lo > 0.0 && lo <= hi && hi.is_finite())
+        {
+            return invalid(format!("scale range {lo},{hi} must be 0 < min <= max"));
+        }
+        set(&mut augment.rotate_degrees, self.rotate_degrees);
+        set(&mut augment.translate, self.translate);
+        if self.scale.is_some() {
+            augment.scale = self.scale;
+        }
+        set(&mut augment.occlusion, self.occlusion);
+        Ok(())
     }
 }
 
@@ -879,5 +926,55 @@ mod tests {
         let nose = TrainConfig::study(Task::Nose).contract();
         assert!(matches!(nose.frame, InputFrame::WholeImage));
         assert!(!nose.mirror_average);
+    }
+
+    #[test]
+    fn augmentation_overrides_change_only_their_ranges() {
+        let ranges = Overrides {
+            augment: AugmentOverrides {
+                rotate_degrees: Some(30.0),
+                scale: Some([0.9, 1.1]),
+                occlusion: Some(0.4),
+                translate: None,
+            },
+            ..Default::default()
+        };
+        let best = TrainConfig::best(Task::Heatmap);
+        let mut changed = best.clone();
+        ranges.apply(&mut changed).unwrap();
+        let (before, after) = (best.augment.unwrap(), changed.augment.unwrap());
+        assert_eq!(after.rotate_degrees, 30.0);
+        assert_eq!(after.scale, Some([0.9, 1.1]));
+        assert_eq!(after.occlusion, 0.4);
+        assert_eq!(after.translate, before.translate);
+        assert!(after.mirror, "the recipe's mirroring stays");
+        // A recipe without augmentation starts from the study's ranges.
+        let nose = applied(Task::Nose, ranges.clone()).unwrap();
+        assert_eq!(nose.augment.unwrap().rotate_degrees, 30.0);
+        // Contradictions and out-of-range values are refused.
+        let both = Overrides {
+            no_augment: true,
+            ..ranges
+        };
+        assert!(applied(Task::Heatmap, both).is_err());
+        for bad in [
+            AugmentOverrides {
+                occlusion: Some(1.5),
+                ..Default::default()
+            },
+            AugmentOverrides {
+                scale: Some([1.2, 0.8]),
+                ..Default::default()
+            },
+        ] {
+            let o = Overrides {
+                augment: bad,
+                ..Default::default()
+            };
+            assert!(matches!(
+                applied(Task::Heatmap, o),
+                Err(RecipeError::Invalid(_))
+            ));
+        }
     }
 }

@@ -5,6 +5,16 @@
 use facemark::kernels::conv::{self, ConvGeometry};
 use facemark::kernels::{self, Precision};
 
+/// The precision is process-wide: tests that set it take turns (`cargo test` runs them on
+/// threads of one process; nextest gives each its own).
+static PRECISION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn precision_lock() -> std::sync::MutexGuard<'static, ()> {
+    PRECISION
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn values(count: usize, seed: u32) -> Vec<f32> {
     let mut state = seed.wrapping_mul(2654435761).max(1);
     (0..count)
@@ -27,8 +37,76 @@ fn relative_gap(got: &[f32], reference: &[f32]) -> f32 {
     gap / scale
 }
 
+/// A model that only infers packs its weights once (`kernels::conv_norm` at inference keeps them
+/// between calls): the kept packing gives exactly what packing anew gives.
+#[test]
+fn packed_weights_kept_between_calls_give_the_same_convolution() {
+    use burn::module::{Module, Param};
+    use burn::nn::conv::Conv2dConfig;
+    use burn::nn::{BatchNormConfig, PaddingConfig2d};
+    use burn::tensor::{Device, Tensor, TensorData};
+    let _turn = precision_lock();
+    kernels::set_precision(Precision::Bf16);
+    let device = Device::flex();
+    let g = ConvGeometry {
+        batch: 2,
+        channels_in: 32,
+        channels_out: 32,
+        height: 12,
+        width: 12,
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [1, 1],
+    };
+    let w = values(32 * 32 * 9, 11);
+    let bias = values(32, 13);
+    let conv = Conv2dConfig::new([32, 32], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(&device);
+    let conv = burn::nn::conv::Conv2d {
+        weight: Param::from_tensor(Tensor::from_data(
+            TensorData::new(w.clone(), [32, 32, 3, 3]),
+            &device,
+        )),
+        bias: Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(bias.clone(), [32]),
+            &device,
+        ))),
+        ..conv
+    };
+    let (conv, norm) = kernels::fold_norm(conv, BatchNormConfig::new(32).init(&device).no_grad());
+    for seed in [17, 19] {
+        let x = values(2 * 32 * 144, seed);
+        let expected = conv::forward(
+            &g,
+            &x,
+            &conv.weight.val().into_data().try_to_vec::<f32>().unwrap(),
+            Some(
+                &conv
+                    .bias
+                    .as_ref()
+                    .unwrap()
+                    .val()
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap(),
+            ),
+            true,
+        );
+        // Twice: packed on the first call, from the kept packing on the second.
+        for _ in 0..2 {
+            let input =
+                Tensor::<4>::from_data(TensorData::new(x.clone(), [2, 32, 12, 12]), &device);
+            let y = kernels::conv_norm(&conv, &norm, true, input);
+            assert_eq!(y.into_data().try_to_vec::<f32>().unwrap(), expected);
+        }
+    }
+    kernels::set_precision(Precision::F32);
+}
+
 #[test]
 fn bf16_convolution_stays_within_bf16_rounding_of_f32() {
+    let _turn = precision_lock();
     // Wide enough (64 outputs, depth 288) that the products go to tiles; 14x14 outputs take the
     // whole-batch products, 32x32 the per-image ones.
     for side in [14, 32] {

@@ -660,7 +660,7 @@ fn check_images(g: &ConvGeometry, images: &[f32]) {
 /// pixel), so the 16 pixels of a column tile at one kernel offset and 32 channels are 16 rows of
 /// 64 contiguous bytes, one plane apart: one tile load, no packing. Depth runs kernel offset by
 /// offset, 32 channels each (zero channels pad the last 32), so the weights are rearranged to
-/// match ([`ConvInPlace::packed_weights`]).
+/// match ([`in_place_weights`]).
 pub(super) struct ConvInPlace<'a> {
     g: &'a ConvGeometry,
     words: Vec<u32>,
@@ -725,46 +725,55 @@ impl<'a> ConvInPlace<'a> {
         self.g.kernel[0] * self.g.kernel[1] * self.channel_blocks * DEPTH
     }
 
-    /// The weights `[C_out, C_in, k_h, k_w]` packed as [`matmul_packed`]'s left operand in this
-    /// depth order (zero for the padding channels and rows), in one pass.
-    pub(super) fn packed_weights(&self, weight: &[f32]) -> Vec<u16> {
-        let g = self.g;
-        let offsets = g.kernel[0] * g.kernel[1];
-        let depth_steps = offsets * self.channel_blocks;
-        let filter = g.channels_in * offsets;
-        assert!(
-            weight.len() >= g.channels_out * filter,
-            "a filter per output channel"
-        );
-        let mut packed = vec![0u16; blocks(g.channels_out, EDGE) * depth_steps * TILE];
-        for_each_chunk(&mut packed, depth_steps * TILE, true, |(t, tiles)| {
-            for r in 0..EDGE.min(g.channels_out - t * EDGE) {
-                let filters = &weight[(t * EDGE + r) * filter..][..filter];
-                for o in 0..offsets {
-                    for block in 0..self.channel_blocks {
-                        let channels = (g.channels_in - block * DEPTH).min(DEPTH);
-                        let out = &mut tiles
-                            [(o * self.channel_blocks + block) * TILE + r * DEPTH..][..DEPTH];
-                        // SAFETY: only called after `available` (AVX512-BF16); the gather
-                        // reads taps `o` of `channels` channels inside `filters`.
-                        unsafe {
-                            gather_taps(
-                                &filters[block * DEPTH * offsets + o..],
-                                offsets,
-                                channels,
-                                out,
-                            )
-                        };
-                    }
-                }
-            }
-        });
-        packed
-    }
-
     fn tiles_per_image(&self) -> usize {
         self.g.out_height() * self.tiles_per_row
     }
+}
+
+/// The weights `[C_out, C_in, k_h, k_w]` of a convolution read in place ([`ConvInPlace`]),
+/// packed as its left operand in its depth order (zero for the padding channels and rows), in
+/// one pass. They depend on the geometry's channels and kernel only, so a model that only infers
+/// can pack them once.
+pub(super) fn in_place_weights(g: &ConvGeometry, weight: &[f32]) -> Vec<u16> {
+    let channel_blocks = g.channels_in.div_ceil(DEPTH);
+    let offsets = g.kernel[0] * g.kernel[1];
+    let depth_steps = offsets * channel_blocks;
+    let filter = g.channels_in * offsets;
+    assert!(
+        weight.len() >= g.channels_out * filter,
+        "a filter per output channel"
+    );
+    let mut packed = vec![0u16; blocks(g.channels_out, EDGE) * depth_steps * TILE];
+    for_each_chunk(&mut packed, depth_steps * TILE, true, |(t, tiles)| {
+        for r in 0..EDGE.min(g.channels_out - t * EDGE) {
+            let filters = &weight[(t * EDGE + r) * filter..][..filter];
+            for o in 0..offsets {
+                for block in 0..channel_blocks {
+                    let channels = (g.channels_in - block * DEPTH).min(DEPTH);
+                    let out =
+                        &mut tiles[(o * channel_blocks + block) * TILE + r * DEPTH..][..DEPTH];
+                    // SAFETY: only called after `available` (AVX512-BF16); the gather
+                    // reads taps `o` of `channels` channels inside `filters`.
+                    unsafe {
+                        gather_taps(
+                            &filters[block * DEPTH * offsets + o..],
+                            offsets,
+                            channels,
+                            out,
+                        )
+                    };
+                }
+            }
+        }
+    });
+    packed
+}
+
+/// `lhs` packed into row tiles, as [`matmul_packed`] takes its left operand.
+pub(super) fn packed_rows(lhs: &[f32], shape: Mat) -> Vec<u16> {
+    let mut packed = vec![0u16; blocks(shape.rows, EDGE) * blocks(shape.cols, DEPTH) * TILE];
+    pack_lhs(lhs, shape, &mut packed, true);
+    packed
 }
 
 impl Drop for ConvInPlace<'_> {
@@ -1127,8 +1136,7 @@ pub(super) fn weight_gradient(g: &ConvGeometry, images: &[f32], dy: &[f32]) -> V
         &packed,
         g.channels_out,
         &columns,
-        false,
-        false,
+        Store::OVERWRITE,
         true,
     );
     ConvWeightGradient::recycle(packed);
@@ -1148,6 +1156,60 @@ fn conv_destination(g: &ConvGeometry, tiles_per_row: usize, tile: usize) -> (usi
     )
 }
 
+/// What happens to each sum of a product as it is stored into the destination.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Store<'a> {
+    /// Add to what the destination holds instead of overwriting it.
+    pub accumulate: bool,
+    /// Add `bias[row]` to every sum of a row (a convolution's bias per output channel).
+    pub bias: Option<&'a [f32]>,
+    /// Set negative results to 0 (after the bias).
+    pub relu: bool,
+}
+
+impl Store<'_> {
+    pub(super) const OVERWRITE: Store<'static> = Store {
+        accumulate: false,
+        bias: None,
+        relu: false,
+    };
+
+    pub(super) fn accumulating(accumulate: bool) -> Store<'static> {
+        Store {
+            accumulate,
+            ..Store::OVERWRITE
+        }
+    }
+
+    /// Stores one row of sums `src` (product row `row`) at `out`.
+    ///
+    /// # Safety
+    /// `out` is valid for `src.len()` writes, and for as many reads when accumulating (only then
+    /// must it hold initialised values).
+    #[inline]
+    unsafe fn row(&self, out: *mut f32, src: &[f32], row: usize) {
+        let add = self.bias.map_or(0.0, |bias| bias[row]);
+        if self.accumulate {
+            // SAFETY: the caller guarantees `src.len()` initialised values at `out`.
+            let out = unsafe { std::slice::from_raw_parts_mut(out, src.len()) };
+            for (o, &v) in out.iter_mut().zip(src) {
+                let sum = *o + v + add;
+                *o = if self.relu { sum.max(0.0) } else { sum };
+            }
+            return;
+        }
+        for (i, &v) in src.iter().enumerate() {
+            let value = if self.relu {
+                (v + add).max(0.0)
+            } else {
+                v + add
+            };
+            // SAFETY: `i < src.len()`, within the caller's bound; a write, never a read.
+            unsafe { out.add(i).write(value) };
+        }
+    }
+}
+
 /// `dst = lhs · rhs` (or `+=` with `accumulate`), `dst` row-major `m x n`, operands rounded to
 /// bf16. Only call when [`available`] is true. With `parallel`, column blocks are shared among
 /// rayon's threads.
@@ -1164,18 +1226,18 @@ pub(super) fn matmul(
         data: rhs,
         shape: rhs_shape,
     };
-    matmul_columns(dst, lhs, lhs_shape, &rhs, accumulate, false, parallel);
+    let store = Store::accumulating(accumulate);
+    matmul_columns(dst, lhs, lhs_shape, &rhs, store, parallel);
 }
 
-/// `dst = lhs · columns` (or `+=`), each row `columns.row_stride()` after the one before, and
-/// with `relu` negative sums set to 0 as they are stored.
+/// `dst = lhs · columns`, stored as `store` says, each row `columns.row_stride()` after the one
+/// before.
 pub(super) fn matmul_columns(
     dst: &mut [f32],
     lhs: &[f32],
     lhs_shape: Mat,
     columns: &impl Columns,
-    accumulate: bool,
-    relu: bool,
+    store: Store,
     parallel: bool,
 ) {
     let (m, k) = (lhs_shape.rows, lhs_shape.cols);
@@ -1189,15 +1251,7 @@ pub(super) fn matmul_columns(
         lhs_buffer.resize(len, 0);
     }
     pack_lhs(lhs, lhs_shape, &mut lhs_buffer[..len], parallel);
-    matmul_packed(
-        dst,
-        &lhs_buffer[..len],
-        m,
-        columns,
-        accumulate,
-        relu,
-        parallel,
-    );
+    matmul_packed(dst, &lhs_buffer[..len], m, columns, store, parallel);
     LHS_PACKED.set(lhs_buffer);
 }
 
@@ -1208,8 +1262,67 @@ pub(super) fn matmul_packed(
     lhs_packed: &[u16],
     m: usize,
     columns: &impl Columns,
-    accumulate: bool,
-    relu: bool,
+    store: Store,
+    parallel: bool,
+) {
+    // SAFETY: `dst` is initialised, valid for reads and writes over its length.
+    unsafe {
+        matmul_packed_raw(
+            dst.as_mut_ptr(),
+            dst.len(),
+            lhs_packed,
+            m,
+            columns,
+            store,
+            parallel,
+        )
+    }
+}
+
+/// [`matmul_packed`] into a fresh buffer of `len` values (`store` must overwrite, not
+/// accumulate), which `columns`' tiles must cover, as a convolution's cover its output: every
+/// value is written once by the product, none zeroed first.
+pub(super) fn matmul_packed_new(
+    len: usize,
+    lhs_packed: &[u16],
+    m: usize,
+    columns: &impl Columns,
+    store: Store,
+    parallel: bool,
+) -> Vec<f32> {
+    assert!(!store.accumulate, "a fresh buffer has nothing to add to");
+    // The column tiles are disjoint, so if their columns add up to the buffer, every value of
+    // every row is written.
+    let per_row: usize = (0..columns.tiles()).map(|t| columns.destination(t).1).sum();
+    assert_eq!(m * per_row, len, "the product writes every value");
+    let mut dst = Vec::<f32>::with_capacity(len);
+    let spare = dst.spare_capacity_mut();
+    // SAFETY: `spare` is valid for `len` writes; without accumulating nothing is read.
+    unsafe {
+        matmul_packed_raw(
+            spare.as_mut_ptr().cast(),
+            len,
+            lhs_packed,
+            m,
+            columns,
+            store,
+            parallel,
+        )
+    };
+    // SAFETY: every value was written (checked above).
+    unsafe { dst.set_len(len) };
+    dst
+}
+
+/// # Safety
+/// `dst` is valid for writes of `len` values (and reads, initialised, when accumulating).
+unsafe fn matmul_packed_raw(
+    dst: *mut f32,
+    len: usize,
+    lhs_packed: &[u16],
+    m: usize,
+    columns: &impl Columns,
+    store: Store,
     parallel: bool,
 ) {
     let stride = columns.row_stride();
@@ -1223,10 +1336,13 @@ pub(super) fn matmul_packed(
     if m == 0 || columns.tiles() == 0 {
         return;
     }
+    if let Some(bias) = store.bias {
+        assert!(bias.len() >= m, "a bias per row");
+    }
     for tile in 0..columns.tiles() {
         let (first, count) = columns.destination(tile);
         assert!(
-            count <= EDGE && count <= stride && first + (m - 1) * stride + count <= dst.len(),
+            count <= EDGE && count <= stride && first + (m - 1) * stride + count <= len,
             "tile columns inside the destination"
         );
     }
@@ -1269,24 +1385,16 @@ pub(super) fn matmul_packed(
             let src = &tile[r * EDGE..][..cols];
             // SAFETY: row `16 row_tile + r` < m and the tile's columns lie inside `dst` in every
             // row (checked above); jobs write disjoint column tiles.
-            let out = unsafe {
-                std::slice::from_raw_parts_mut(
+            unsafe {
+                store.row(
                     dst.add((row_tile * EDGE + r) * stride + first),
-                    cols,
+                    src,
+                    row_tile * EDGE + r,
                 )
             };
-            match (accumulate, relu) {
-                (false, false) => out.copy_from_slice(src),
-                (true, false) => out.iter_mut().zip(src).for_each(|(o, &v)| *o += v),
-                (false, true) => out.iter_mut().zip(src).for_each(|(o, &v)| *o = v.max(0.0)),
-                (true, true) => out
-                    .iter_mut()
-                    .zip(src)
-                    .for_each(|(o, &v)| *o = (*o + v).max(0.0)),
-            }
         }
     };
-    let dst_ptr = SendPtr(dst.as_mut_ptr());
+    let dst_ptr = SendPtr(dst);
 
     // Job `j`: pack column tiles `8j..` (128 columns) and multiply every row by them.
     let job = |j: usize| {
@@ -1607,44 +1715,68 @@ mod tests {
                 }
             }
             let k = cin * kernel[0] * kernel[1];
-            let check = |out: &[f32], relu: bool, how: &str| {
-                for (o, e) in out.iter().zip(&expected) {
-                    let e = if relu { e.max(0.0) } else { *e };
+            let bias = values(cout, 17 + i as u32);
+            let check = |out: &[f32], store: Store, how: &str| {
+                for (j, (o, e)) in out.iter().zip(&expected).enumerate() {
+                    let co = j / (oh * ow) % cout;
+                    let e = e + store.bias.map_or(0.0, |b| b[co] as f64);
+                    let e = if store.relu { e.max(0.0) } else { e };
                     assert!(
                         (*o as f64 - e).abs() <= 1e-4 * (1.0 + e.abs()),
-                        "shape {i}, {how}: {o} vs {e}"
+                        "shape {i}, {how}, {store:?}: {o} vs {e}"
                     );
                 }
             };
-            for (parallel, relu) in [(false, false), (true, false), (true, true)] {
+            let stores = [
+                (false, Store::OVERWRITE),
+                (true, Store::OVERWRITE),
+                (
+                    true,
+                    Store {
+                        relu: true,
+                        ..Store::OVERWRITE
+                    },
+                ),
+                (
+                    false,
+                    Store {
+                        relu: true,
+                        bias: Some(&bias),
+                        accumulate: false,
+                    },
+                ),
+                (
+                    true,
+                    Store {
+                        bias: Some(&bias),
+                        ..Store::OVERWRITE
+                    },
+                ),
+            ];
+            for (parallel, store) in stores {
                 let mut out = vec![f32::NAN; batch * cout * oh * ow];
                 let columns = ConvColumns::new(&g, &x);
                 let w = Mat::row_major(cout, k);
-                matmul_columns(&mut out, &weight, w, &columns, false, relu, parallel);
-                check(&out, relu, "packed from the images");
+                matmul_columns(&mut out, &weight, w, &columns, store, parallel);
+                check(&out, store, "packed from the images");
                 if stride == [1, 1] {
                     // Read in place, and the same tiles packed.
                     let columns = ConvInPlace::new(&g, &x);
-                    let weights = columns.packed_weights(&weight);
+                    let weights = in_place_weights(&g, &weight);
                     for packed in [false, true] {
                         let mut out = vec![f32::NAN; batch * cout * oh * ow];
                         if packed {
                             let copied = Packed(&columns);
-                            matmul_packed(&mut out, &weights, cout, &copied, false, relu, parallel);
+                            matmul_packed(&mut out, &weights, cout, &copied, store, parallel);
                         } else {
-                            matmul_packed(
-                                &mut out, &weights, cout, &columns, false, relu, parallel,
-                            );
+                            matmul_packed(&mut out, &weights, cout, &columns, store, parallel);
                         }
-                        check(
-                            &out,
-                            relu,
-                            if packed {
-                                "in place, packed"
-                            } else {
-                                "in place"
-                            },
-                        );
+                        let how = if packed {
+                            "in place, packed"
+                        } else {
+                            "in place"
+                        };
+                        check(&out, store, how);
                     }
                 }
             }

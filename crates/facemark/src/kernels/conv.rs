@@ -372,31 +372,64 @@ pub fn forward(
     bias: Option<&[f32]>,
     relu: bool,
 ) -> Vec<f32> {
+    forward_packed(g, x, weight, None, bias, relu)
+}
+
+/// The weights as [`forward`] packs them for AMX tiles (when it uses them for `g`): a model that
+/// only infers can pack them once and pass them to [`forward_packed`].
+pub fn packed_weights(g: &ConvGeometry, weight: &[f32]) -> Option<Vec<u16>> {
+    #[cfg(target_arch = "x86_64")]
+    if super::uses_tiles() && amx::pays_packed(g.channels_out) {
+        return Some(if amx::reads_in_place(g) {
+            amx::in_place_weights(g, weight)
+        } else {
+            amx::packed_rows(weight, Mat::row_major(g.channels_out, g.patch()))
+        });
+    }
+    let _ = (g, weight);
+    None
+}
+
+/// [`forward`], with the weights already packed by [`packed_weights`] for this geometry (and
+/// precision), if they were.
+pub fn forward_packed(
+    g: &ConvGeometry,
+    x: &[f32],
+    weight: &[f32],
+    packed: Option<&[u16]>,
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
     let (k, n) = (g.patch(), g.out_plane());
     let w = Mat::row_major(g.channels_out, k);
     #[cfg(target_arch = "x86_64")]
     if super::uses_tiles() && amx::pays_packed(g.channels_out) {
         // One product for the whole batch (weights packed once, the threads sharing every
         // image's column tiles); the column matrices go straight into tiles, never written out.
-        // Each output plane starts at its bias (the product adds to it), written once.
-        let mut y = Vec::with_capacity(g.batch * g.out_image());
-        for _ in 0..g.batch {
-            for co in 0..g.channels_out {
-                let start = bias.map_or(0.0, |bias| bias[co]);
-                y.extend(std::iter::repeat_n(start, n));
+        // Bias and ReLU are applied as the sums are stored: every output value is written once.
+        let store = amx::Store {
+            accumulate: false,
+            bias,
+            relu,
+        };
+        let packing;
+        let weights = match packed {
+            Some(packed) => packed,
+            None => {
+                packing = packed_weights(g, weight).expect("tiles are in use");
+                &packing
             }
-        }
-        if amx::reads_in_place(g) {
+        };
+        let (len, m) = (g.batch * g.out_image(), g.channels_out);
+        return if amx::reads_in_place(g) {
             let columns = amx::ConvInPlace::new(g, x);
-            let weights = columns.packed_weights(weight);
-            let m = g.channels_out;
-            amx::matmul_packed(&mut y, &weights, m, &columns, bias.is_some(), relu, true);
+            amx::matmul_packed_new(len, weights, m, &columns, store, true)
         } else {
             let columns = amx::ConvColumns::new(g, x);
-            amx::matmul_columns(&mut y, weight, w, &columns, bias.is_some(), relu, true);
-        }
-        return y;
+            amx::matmul_packed_new(len, weights, m, &columns, store, true)
+        };
     }
+    let _ = packed;
     if g.whole_batch() {
         return forward_whole_batch(g, x, weight, bias, relu);
     }

@@ -246,10 +246,13 @@ impl ConvKernels for Flex {
             let y = Flex::conv2d(x, weight, Some(bias), options);
             return if relu { Flex::relu(y) } else { y };
         };
-        let y = conv::forward(
+        // Inference: the weights are packed once and kept (`weight_cache`).
+        let packed = super::weight_cache::packed(&weight, &g);
+        let y = conv::forward_packed(
             &g,
             &values(&x),
             &values(&weight),
+            packed.as_deref().map(Vec::as_slice),
             Some(&values(&bias)),
             relu,
         );

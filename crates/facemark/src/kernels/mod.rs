@@ -14,6 +14,7 @@ mod extension;
 pub mod norm;
 pub mod pool;
 pub mod upsample;
+mod weight_cache;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
