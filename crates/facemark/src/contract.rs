@@ -99,12 +99,23 @@ pub fn predict_examples(
     let Some(mirror) = mirror else {
         return forward_points(net, examples, device, decoding);
     };
-    // Each face and its mirror image in the same batch: one forward pass instead of two.
-    let both: Vec<Example> = examples
-        .iter()
-        .flat_map(|e| [e.clone(), mirror_example(e)])
-        .collect();
-    let points = forward_points(net, &both, device, decoding);
+    let points = if let [face] = examples {
+        // A single face: it and its mirror image as two passes side by side, one per thread,
+        // each with no hand-over between threads inside it (one face's layers are too small
+        // for their products to split well over two threads).
+        let (direct, mirrored) = rayon::join(
+            || forward_points(net, examples, device, decoding),
+            || forward_points(net, &[mirror_example(face)], device, decoding),
+        );
+        direct.into_iter().chain(mirrored).collect()
+    } else {
+        // Each face and its mirror image in the same batch: one forward pass instead of two.
+        let both: Vec<Example> = examples
+            .iter()
+            .flat_map(|e| [e.clone(), mirror_example(e)])
+            .collect();
+        forward_points(net, &both, device, decoding)
+    };
     points
         .chunks(2)
         .map(|pair| {

@@ -104,6 +104,57 @@ fn packed_weights_kept_between_calls_give_the_same_convolution() {
     kernels::set_precision(Precision::F32);
 }
 
+/// The inference-only fusions take the bf16 kernels too (the upsampling as a 1x1 convolution
+/// on tiles, the log-prior map in the head's store): they stay within bf16's rounding of the
+/// operations they replace, in f32.
+#[test]
+fn bf16_inference_fusions_stay_within_bf16_rounding() {
+    use burn::nn::PaddingConfig2d;
+    use burn::nn::conv::{Conv2dConfig, ConvTranspose2dConfig};
+    use burn::tensor::{Device, Distribution, Tensor};
+    let _turn = precision_lock();
+    let device = Device::flex();
+    device.seed(3);
+    let uniform = Distribution::Uniform(-1.0, 1.0);
+    let x = Tensor::<4>::random([2, 32, 12, 12], uniform, &device);
+    let head = Conv2dConfig::new([32, 40], [1, 1]).init(&device);
+    let map = Tensor::<4>::random([1, 40, 12, 12], uniform, &device);
+    let up = ConvTranspose2dConfig::new([32, 16], [2, 2])
+        .with_stride([2, 2])
+        .init(&device);
+    let skip = Tensor::<4>::random([2, 16, 24, 24], uniform, &device);
+    let conv = Conv2dConfig::new([32, 32], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(&device);
+    let run = |precision| {
+        kernels::set_precision(precision);
+        let out = [
+            kernels::forward_conv_plus_map(&head, x.clone(), map.clone()),
+            kernels::up_then_skip(&up, x.clone(), skip.clone()),
+            kernels::forward_conv(&conv, x.clone()),
+        ];
+        out.map(|t| t.into_data().try_to_vec::<f32>().unwrap())
+    };
+    let reference = {
+        kernels::set_precision(Precision::F32);
+        [
+            kernels::forward_conv(&head, x.clone()) + map.clone(),
+            Tensor::cat(vec![up.forward(x.clone()), skip.clone()], 1),
+            conv.forward(x.clone()),
+        ]
+        .map(|t| t.into_data().try_to_vec::<f32>().unwrap())
+    };
+    let bf16 = run(Precision::Bf16);
+    kernels::set_precision(Precision::F32);
+    for (what, (got, want)) in ["head with map", "upsampling + skip", "3x3 with bias"]
+        .iter()
+        .zip(bf16.iter().zip(&reference))
+    {
+        let gap = relative_gap(got, want);
+        assert!(gap < 2e-2, "{what}: {gap}");
+    }
+}
+
 #[test]
 fn bf16_convolution_stays_within_bf16_rounding_of_f32() {
     let _turn = precision_lock();

@@ -372,7 +372,22 @@ pub fn forward(
     bias: Option<&[f32]>,
     relu: bool,
 ) -> Vec<f32> {
-    forward_packed(g, x, weight, None, bias, relu)
+    let epilogue = Epilogue {
+        bias,
+        map: None,
+        relu,
+    };
+    forward_packed(g, x, weight, None, epilogue)
+}
+
+/// What is added to a convolution's sums, and whether ReLU follows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// `[C_out]`.
+    pub bias: Option<&'a [f32]>,
+    /// `[C_out, H_out, W_out]`, added to every image (the heatmap net's log-prior).
+    pub map: Option<&'a [f32]>,
+    pub relu: bool,
 }
 
 /// The weights as [`forward`] packs them for AMX tiles (when it uses them for `g`): a model that
@@ -390,16 +405,23 @@ pub fn packed_weights(g: &ConvGeometry, weight: &[f32]) -> Option<Vec<u16>> {
     None
 }
 
-/// [`forward`], with the weights already packed by [`packed_weights`] for this geometry (and
-/// precision), if they were.
+/// [`forward`] with an [`Epilogue`], and with the weights already packed by [`packed_weights`]
+/// for this geometry (and precision), if they were.
 pub fn forward_packed(
     g: &ConvGeometry,
     x: &[f32],
     weight: &[f32],
     packed: Option<&[u16]>,
-    bias: Option<&[f32]>,
-    relu: bool,
+    epilogue: Epilogue,
 ) -> Vec<f32> {
+    if let Some(map) = epilogue.map {
+        assert_eq!(
+            map.len(),
+            g.out_image(),
+            "a map value per output value of an image"
+        );
+    }
+    let Epilogue { bias, map, relu } = epilogue;
     let (k, n) = (g.patch(), g.out_plane());
     let w = Mat::row_major(g.channels_out, k);
     #[cfg(target_arch = "x86_64")]
@@ -410,6 +432,7 @@ pub fn forward_packed(
         let store = amx::Store {
             accumulate: false,
             bias,
+            map,
             relu,
         };
         let packing;
@@ -430,6 +453,16 @@ pub fn forward_packed(
         };
     }
     let _ = packed;
+    if let Some(map) = map {
+        // Rare in f32 (inference of a heatmap net with a prior): the map is added before ReLU.
+        let mut y = forward(g, x, weight, bias, false);
+        for image in y.chunks_mut(map.len()) {
+            for (v, m) in image.iter_mut().zip(map) {
+                *v = if relu { (*v + m).max(0.0) } else { *v + m };
+            }
+        }
+        return y;
+    }
     if g.whole_batch() {
         return forward_whole_batch(g, x, weight, bias, relu);
     }

@@ -64,6 +64,26 @@ pub trait ConvKernels: Backend {
         relu: bool,
     ) -> FloatTensor<Self>;
 
+    /// Inference: convolution, bias and a `[1, C_out, H_out, W_out]` map added to every image
+    /// (the heatmap net's log-prior), in one pass over the output.
+    fn facemark_conv2d_bias_map(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        map: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+
+    /// Inference: a transposed convolution whose kernel equals its stride, with bias, followed
+    /// along the channels by `skip` (the U-Net's upsampling and concatenation).
+    fn facemark_up_then_skip(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        skip: FloatTensor<Self>,
+        options: ConvTransposeOptions<2>,
+    ) -> FloatTensor<Self>;
+
     /// 2x2 max pooling with stride 2 of an f32 `[B, C, H, W]`.
     fn facemark_max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self>;
 }
@@ -246,19 +266,93 @@ impl ConvKernels for Flex {
             let y = Flex::conv2d(x, weight, Some(bias), options);
             return if relu { Flex::relu(y) } else { y };
         };
-        // Inference: the weights are packed once and kept (`weight_cache`).
-        let packed = super::weight_cache::packed(&weight, &g);
-        let y = conv::forward_packed(
-            &g,
-            &values(&x),
-            &values(&weight),
-            packed.as_deref().map(Vec::as_slice),
-            Some(&values(&bias)),
+        let bias = values(&bias);
+        let epilogue = conv::Epilogue {
+            bias: Some(&bias),
+            map: None,
             relu,
-        );
+        };
+        inference_conv(&g, &x, &weight, epilogue)
+    }
+
+    fn facemark_conv2d_bias_map(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        map: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let geometry = flex_geometry(&x, &weight, &options).filter(|g| {
+            [bias.dtype(), map.dtype()] == [DType::F32; 2]
+                && map.shape()[..] == [1, g.channels_out, g.out_height(), g.out_width()]
+        });
+        let Some(g) = geometry else {
+            let channels = bias.shape()[0];
+            let bias = Flex::float_reshape(bias, [1, channels, 1, 1].into());
+            let y = Flex::float_add(Flex::conv2d(x, weight, None, options), bias);
+            return Flex::float_add(y, map);
+        };
+        let (bias, map) = (values(&bias), values(&map));
+        let epilogue = conv::Epilogue {
+            bias: Some(&bias),
+            map: Some(&map),
+            relu: false,
+        };
+        inference_conv(&g, &x, &weight, epilogue)
+    }
+
+    fn facemark_up_then_skip(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        skip: FloatTensor<Self>,
+        options: ConvTransposeOptions<2>,
+    ) -> FloatTensor<Self> {
+        let geometry = up_geometry(&x, &weight, &options).filter(|g| {
+            let s = skip.shape();
+            [bias.dtype(), skip.dtype()] == [DType::F32; 2]
+                && s.len() == 4
+                && s[0] == g.batch
+                && s[2..] == [g.out_height(), g.out_width()]
+        });
+        let Some(g) = geometry else {
+            let up = Flex::conv_transpose2d(x, weight, Some(bias), options);
+            return Flex::float_cat(vec![up, skip], 1);
+        };
+        // The upsampling as a 1x1 convolution to C_out·k_h·k_w channels: one product for the
+        // batch, its weights (transposed, then packed) kept between calls.
+        let pointwise = upsample::pointwise_geometry(&g);
+        let weights = values(&weight);
+        let packed = super::weight_cache::packed_with(&weight, &pointwise, |w| {
+            conv::packed_weights(&pointwise, &upsample::pointwise_weights(&g, w))
+        });
+        let blocks = match &packed {
+            // Packed weights are all the product reads.
+            Some(packed) => conv::forward_packed(
+                &pointwise,
+                &values(&x),
+                &[],
+                Some(packed),
+                Default::default(),
+            ),
+            None => conv::forward(
+                &pointwise,
+                &values(&x),
+                &upsample::pointwise_weights(&g, &weights),
+                None,
+                false,
+            ),
+        };
+        let skip_channels = skip.shape()[1];
+        let y = upsample::blocks_then_skip(&g, &blocks, &values(&bias), &values(&skip));
         flex_tensor(
             y,
-            vec![g.batch, g.channels_out, g.out_height(), g.out_width()],
+            vec![
+                g.batch,
+                g.channels_out + skip_channels,
+                g.out_height(),
+                g.out_width(),
+            ],
         )
     }
 
@@ -285,6 +379,27 @@ impl ConvKernels for Flex {
             vec![g.batch, g.channels_out, g.out_height(), g.out_width()],
         )
     }
+}
+
+/// A convolution at inference, whose weights are packed once and kept (`weight_cache`).
+fn inference_conv(
+    g: &ConvGeometry,
+    x: &FloatTensor<Flex>,
+    weight: &FloatTensor<Flex>,
+    epilogue: conv::Epilogue,
+) -> FloatTensor<Flex> {
+    let packed = super::weight_cache::packed(weight, g);
+    let y = conv::forward_packed(
+        g,
+        &values(x),
+        &values(weight),
+        packed.as_deref().map(Vec::as_slice),
+        epilogue,
+    );
+    flex_tensor(
+        y,
+        vec![g.batch, g.channels_out, g.out_height(), g.out_width()],
+    )
 }
 
 /// The backward pass: gradients for the parents that ask for one.
@@ -486,6 +601,32 @@ impl<C: CheckpointStrategy> ConvKernels for Autodiff<Flex, C> {
         if relu { Self::relu(y) } else { y }
     }
 
+    fn facemark_conv2d_bias_map(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        map: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        // Inference only in practice; with autodiff it is the composition of differentiable ops.
+        let y = Self::facemark_conv2d_bias_relu(x, weight, bias, options, false);
+        Self::float_add(y, map)
+    }
+
+    fn facemark_up_then_skip(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        skip: FloatTensor<Self>,
+        options: ConvTransposeOptions<2>,
+    ) -> FloatTensor<Self> {
+        // Inference only in practice; with autodiff it is the composition of differentiable ops.
+        let channels = bias.shape()[0];
+        let bias = Self::float_reshape(bias, [1, channels, 1, 1].into());
+        let up = Self::float_add(Self::facemark_conv_transpose2d(x, weight, options), bias);
+        Self::float_cat(vec![up, skip], 1)
+    }
+
     fn facemark_max_pool_2x2(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let Some(g) = pool_geometry(x.primitive()) else {
             return <Self as ModuleOps<Self>>::max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false);
@@ -568,12 +709,43 @@ pub fn conv2d(
     if !on_flex(&x) {
         return burn::tensor::module::conv2d(x, weight, bias, options);
     }
+    if let (Some(bias), false) = (&bias, x.device().is_autodiff()) {
+        // Inference: the bias added as the sums are stored, not by a pass of its own.
+        return Tensor::from_dispatch(<Dispatch as ConvKernels>::facemark_conv2d_bias_relu(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.clone().into_dispatch(),
+            options,
+            false,
+        ));
+    }
     let y = Tensor::from_dispatch(<Dispatch as ConvKernels>::facemark_conv2d(
         x.into_dispatch(),
         weight.into_dispatch(),
         options,
     ));
     add_bias(y, bias)
+}
+
+/// `conv.forward(x) + map`, `map` `[1, C_out, H_out, W_out]` added to every image: at inference
+/// on flex in the convolution's own pass (the heatmap net's log-prior), else with burn's ops.
+pub fn forward_conv_plus_map(conv: &Conv2d, x: Tensor<4>, map: Tensor<4>) -> Tensor<4> {
+    let options = conv_options(conv);
+    let (Some(options), true, false) = (options, on_flex(&x), x.device().is_autodiff()) else {
+        return forward_conv(conv, x) + map;
+    };
+    let channels = conv.weight.dims()[0];
+    let bias = match &conv.bias {
+        Some(bias) => bias.val(),
+        None => Tensor::zeros([channels], &x.device()),
+    };
+    Tensor::from_dispatch(<Dispatch as ConvKernels>::facemark_conv2d_bias_map(
+        x.into_dispatch(),
+        conv.weight.val().into_dispatch(),
+        bias.into_dispatch(),
+        map.into_dispatch(),
+        options,
+    ))
 }
 
 fn add_bias(y: Tensor<4>, bias: Option<Tensor<1>>) -> Tensor<4> {
@@ -636,6 +808,29 @@ pub fn forward_up(up: &ConvTranspose2d, x: Tensor<4>) -> Tensor<4> {
         up.bias.as_ref().map(|b| b.val()),
         options,
     )
+}
+
+/// `cat([up.forward(x), skip], 1)`, the U-Net decoder's input: at inference on flex in one
+/// pass (the upsampling computed as one product for the batch and written next to the skip), else
+/// through [`forward_up`] and burn's concatenation.
+pub fn up_then_skip(up: &ConvTranspose2d, x: Tensor<4>, skip: Tensor<4>) -> Tensor<4> {
+    let (Some(bias), true, false) = (&up.bias, on_flex(&x), x.device().is_autodiff()) else {
+        return Tensor::cat(vec![forward_up(up, x), skip], 1);
+    };
+    let options = ConvTransposeOptions::new(
+        up.stride,
+        up.padding,
+        up.padding_out,
+        up.dilation,
+        up.groups,
+    );
+    Tensor::from_dispatch(<Dispatch as ConvKernels>::facemark_up_then_skip(
+        x.into_dispatch(),
+        up.weight.val().into_dispatch(),
+        bias.val().into_dispatch(),
+        skip.into_dispatch(),
+        options,
+    ))
 }
 
 /// The options of `conv`; `None` for `Same` padding (left to burn).
@@ -1030,6 +1225,40 @@ mod tests {
         let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
         let ours = conv2d(x.clone(), w.clone(), None, options.clone());
         let reference = burn::tensor::module::conv2d(x, w, None, options);
+        assert!(relative_error(&ours, &reference) < 1e-5);
+    }
+
+    /// The inference-only fusions (bias in the convolution's pass, the log-prior map added as
+    /// the head's sums are stored, upsampling written next to the skip connection) equal the
+    /// operations they replace.
+    #[test]
+    fn inference_fusions_equal_the_operations_they_replace() {
+        use burn::nn::conv::{Conv2dConfig, ConvTranspose2dConfig};
+        let device = Device::flex();
+        device.seed(5);
+        let uniform = Distribution::Uniform(-1.0, 1.0);
+        let x = Tensor::<4>::random([2, 24, 10, 10], uniform, &device);
+
+        let conv = Conv2dConfig::new([24, 20], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init(&device);
+        let bias = conv.bias.as_ref().map(|b| b.val());
+        let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+        let reference =
+            burn::tensor::module::conv2d(x.clone(), conv.weight.val(), bias, options.clone());
+        assert!(relative_error(&forward_conv(&conv, x.clone()), &reference) < 1e-5);
+
+        let map = Tensor::<4>::random([1, 20, 10, 10], uniform, &device);
+        let with_map = forward_conv_plus_map(&conv, x.clone(), map.clone());
+        assert!(relative_error(&with_map, &(reference + map)) < 1e-5);
+
+        let up = ConvTranspose2dConfig::new([24, 12], [2, 2])
+            .with_stride([2, 2])
+            .init(&device);
+        let skip = Tensor::<4>::random([2, 12, 20, 20], uniform, &device);
+        let ours = up_then_skip(&up, x.clone(), skip.clone());
+        let reference = Tensor::cat(vec![up.forward(x), skip], 1);
+        assert_eq!(ours.dims(), [2, 24, 20, 20]);
         assert!(relative_error(&ours, &reference) < 1e-5);
     }
 }

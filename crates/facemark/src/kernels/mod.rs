@@ -105,5 +105,6 @@ pub(crate) fn for_each_chunk<T: Send>(
 }
 
 pub use extension::{
-    batch_norm, conv_norm, conv_transpose2d, conv2d, fold_norm, forward_conv, forward_up, max_pool,
+    batch_norm, conv_norm, conv_transpose2d, conv2d, fold_norm, forward_conv,
+    forward_conv_plus_map, forward_up, max_pool, up_then_skip,
 };

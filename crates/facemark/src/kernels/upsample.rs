@@ -4,7 +4,9 @@
 //! depth-to-space reshuffle of `Z` into `[C_out, H·k_h, W·k_w]`; both gradients are matrix
 //! products of the reshuffled output gradient.
 
-use super::conv::{Mat, for_each_image, matmul, matmul_parallelism, sum_over_batch, with_scratch};
+use super::conv::{
+    ConvGeometry, Mat, for_each_image, matmul, matmul_parallelism, sum_over_batch, with_scratch,
+};
 
 /// Shapes of one non-overlapping transposed convolution (groups 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +87,59 @@ fn image_to_blocks(g: &UpGeometry, y: &[f32], z: &mut [f32]) {
             *v = src[j * kw + c];
         }
     });
+}
+
+/// The layer as a 1x1 convolution from `C_in` to `C_out·k_h·k_w` channels (the rows of `Z`), for
+/// the convolution kernels to compute `Z` for the whole batch at once.
+pub fn pointwise_geometry(g: &UpGeometry) -> ConvGeometry {
+    ConvGeometry {
+        batch: g.batch,
+        channels_in: g.channels_in,
+        channels_out: g.blocks(),
+        height: g.height,
+        width: g.width,
+        kernel: [1, 1],
+        stride: [1, 1],
+        padding: [0, 0],
+    }
+}
+
+/// The weights `[C_in, C_out, k_h, k_w]` as [`pointwise_geometry`]'s `[C_out·k_h·k_w, C_in]`.
+pub fn pointwise_weights(g: &UpGeometry, weight: &[f32]) -> Vec<f32> {
+    let (rows, cols) = (g.channels_in, g.blocks());
+    let mut transposed = vec![0.0; rows * cols];
+    for (r, row) in weight.chunks_exact(cols).take(rows).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            transposed[c * rows + r] = v;
+        }
+    }
+    transposed
+}
+
+/// Inference: the layer's output with `bias` `[C_out]`, followed along the channels by `skip`
+/// `[B, C_skip, H·k_h, W·k_w]`: the U-Net's upsampling and concatenation in one pass, from `z`
+/// `[B, C_out·k_h·k_w, H·W]` (as the 1x1 convolution of [`pointwise_geometry`] computes it).
+/// Returns `[B, C_out + C_skip, H·k_h, W·k_w]`.
+pub fn blocks_then_skip(g: &UpGeometry, z: &[f32], bias: &[f32], skip: &[f32]) -> Vec<f32> {
+    let out_plane = g.out_height() * g.out_width();
+    let skip_image = skip.len() / g.batch.max(1);
+    let image = g.channels_out * out_plane + skip_image;
+    assert!(z.len() >= g.batch * g.out_image() && bias.len() >= g.channels_out);
+    let mut y = vec![0.0f32; g.batch * image];
+    let (w, kw) = (g.width, g.kernel[1]);
+    for (b, out) in y.chunks_exact_mut(image).enumerate() {
+        let z = &z[b * g.out_image()..][..g.out_image()];
+        let (upsampled, rest) = out.split_at_mut(g.channels_out * out_plane);
+        for_each_block_row(g, |z_start, y_start, c| {
+            let add = bias[y_start / out_plane];
+            let dst = &mut upsampled[y_start..y_start + w * kw];
+            for (j, v) in z[z_start..z_start + w].iter().enumerate() {
+                dst[j * kw + c] = v + add;
+            }
+        });
+        rest.copy_from_slice(&skip[b * skip_image..][..skip_image]);
+    }
+    y
 }
 
 /// The layer on `x` `[B, C_in, H, W]` with `weight` `[C_in, C_out, k_h, k_w]`:

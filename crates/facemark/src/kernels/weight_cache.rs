@@ -48,8 +48,8 @@ pub(super) fn packed(weight: &FloatTensor<Flex>, g: &ConvGeometry) -> Option<Arc
     packed_with(weight, g, |values| conv::packed_weights(g, values))
 }
 
-/// [`packed`] with the packing given.
-fn packed_with(
+/// [`packed`] with the packing given (for layers packed as another geometry's convolution).
+pub(super) fn packed_with(
     weight: &FloatTensor<Flex>,
     g: &ConvGeometry,
     pack: impl FnOnce(&[f32]) -> Option<Vec<u16>>,

@@ -120,10 +120,14 @@ impl HeatmapNet {
 
     /// The U-Net's maps plus the shape prior, if any.
     fn logits(&self, images: Tensor<4>) -> Tensor<4> {
-        let logits = self.unet.forward(images);
         match &self.log_prior {
-            Some(prior) => logits + prior.clone(),
-            None => logits,
+            // At inference the prior is added as the head's sums are stored.
+            Some(prior) => crate::kernels::forward_conv_plus_map(
+                self.unet.head(),
+                self.unet.features(images),
+                prior.clone(),
+            ),
+            None => self.unet.forward(images),
         }
     }
 

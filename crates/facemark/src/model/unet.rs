@@ -10,7 +10,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
 
-use crate::kernels::{conv_norm, fold_norm, forward_conv, forward_up, max_pool};
+use crate::kernels::{conv_norm, fold_norm, forward_conv, max_pool, up_then_skip};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,6 +151,11 @@ impl UNet {
     }
 
     pub fn forward(&self, images: Tensor<4>) -> Tensor<4> {
+        forward_conv(&self.head, self.features(images))
+    }
+
+    /// Everything but the 1x1 head: `[batch, base width, H, W]`.
+    pub fn features(&self, images: Tensor<4>) -> Tensor<4> {
         let mut skips = Vec::with_capacity(self.encoders.len());
         let mut x = images;
         for (level, encoder) in self.encoders.iter().enumerate() {
@@ -163,9 +168,14 @@ impl UNet {
         skips.pop(); // the bottleneck is `x` itself
         for (up, decoder) in self.ups.iter().zip(&self.decoders) {
             let skip = skips.pop().expect("one skip per decoder level");
-            x = decoder.forward(Tensor::cat(vec![forward_up(up, x), skip], 1));
+            x = decoder.forward(up_then_skip(up, x, skip));
         }
-        forward_conv(&self.head, x)
+        x
+    }
+
+    /// The 1x1 convolution from the features to one map per point.
+    pub fn head(&self) -> &Conv2d {
+        &self.head
     }
 }
 
