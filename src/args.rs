@@ -20,10 +20,10 @@ pub struct Cli {
     /// Folder holding the data sets (imm_face_db/, ibug_300w/, ...).
     #[arg(long, global = true, env = "FACEMARK_DATA", default_value = "data")]
     pub data: PathBuf,
-    /// Matrix products of the convolutions: f32, or bf16 operands summed in f32 on AMX tiles
-    /// (CPUs with AMX; f32 elsewhere), faster for the wider layers. A run keeps the precision it
+    /// Matrix products of the convolutions: bf16 operands summed in f32 on AMX tiles (the
+    /// default; f32 on CPUs without AMX), or f32 throughout. A run keeps the precision it
     /// started training with.
-    #[arg(long, global = true, env = "FACEMARK_PRECISION", default_value = "f32")]
+    #[arg(long, global = true, env = "FACEMARK_PRECISION", default_value = "bf16")]
     pub precision: facemark::kernels::Precision,
     #[command(subcommand)]
     pub command: Command,

@@ -141,8 +141,13 @@ pub struct TrainConfig {
     pub ground_truth: Option<crate::dataset::GroundTruth>,
     /// Precision of the convolutions' matrix products while training: the one in force when the
     /// run started (`kernels::precision`), kept when it resumes. Older runs: f32.
-    #[serde(default)]
+    #[serde(default = "runs_before_precision")]
     pub precision: crate::kernels::Precision,
+}
+
+/// Runs recorded before the precision was: all trained in f32.
+fn runs_before_precision() -> crate::kernels::Precision {
+    crate::kernels::Precision::F32
 }
 
 /// A recipe that cannot be built as asked.
@@ -206,7 +211,7 @@ impl TrainConfig {
             weight_decay: 0.0,
             seed: 42,
             test_time_flip: false,
-            precision: crate::kernels::Precision::F32,
+            precision: crate::kernels::Precision::default(),
             ground_truth: None,
         }
     }
@@ -976,5 +981,18 @@ mod tests {
                 Err(RecipeError::Invalid(_))
             ));
         }
+    }
+
+    #[test]
+    fn runs_recorded_before_the_precision_read_as_f32() {
+        let mut json = serde_json::to_value(TrainConfig::best(Task::Heatmap)).unwrap();
+        json.as_object_mut().unwrap().remove("precision");
+        let old: TrainConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(old.precision, crate::kernels::Precision::F32);
+        assert_eq!(
+            TrainConfig::best(Task::Heatmap).precision,
+            crate::kernels::Precision::Bf16,
+            "new recipes record the default"
+        );
     }
 }

@@ -854,6 +854,7 @@ mod tests {
 
     #[test]
     fn forward_equals_the_definition() {
+        crate::kernels::f32_products();
         for (kernel, stride, padding) in [
             ([3, 3], [1, 1], [1, 1]),
             ([3, 3], [2, 2], [1, 1]),

@@ -1054,6 +1054,7 @@ mod tests {
 
     #[test]
     fn forward_and_gradients_equal_burns_convolution() {
+        crate::kernels::f32_products();
         check([2, 3, 12, 10], [5, 3, 3, 3], 1, 1, false);
         check([4, 8, 9, 9], [6, 8, 3, 3], 2, 1, false);
         check([1, 3, 16, 16], [4, 3, 7, 7], 2, 3, false);
@@ -1095,6 +1096,7 @@ mod tests {
 
     #[test]
     fn upsampling_forward_and_gradients_equal_burns_transposed_convolution() {
+        crate::kernels::f32_products();
         check_up([2, 8, 5, 7], [8, 4, 2, 2], true);
         check_up([3, 6, 4, 4], [6, 5, 2, 2], false);
         check_up([1, 4, 3, 5], [4, 3, 3, 2], true);
@@ -1102,6 +1104,7 @@ mod tests {
 
     #[test]
     fn max_pooling_forward_and_gradients_equal_burns() {
+        crate::kernels::f32_products();
         use burn::nn::pool::MaxPool2dConfig;
         let device = Device::flex().autodiff();
         device.seed(13);
@@ -1128,6 +1131,7 @@ mod tests {
 
     #[test]
     fn folded_batch_norm_equals_conv_then_norm_then_relu() {
+        crate::kernels::f32_products();
         use burn::module::Module;
         use burn::nn::BatchNormConfig;
         use burn::nn::conv::Conv2dConfig;
@@ -1181,6 +1185,7 @@ mod tests {
 
     #[test]
     fn training_batch_norm_equals_burns_values_gradients_and_running_statistics() {
+        crate::kernels::f32_products();
         use burn::nn::BatchNormConfig;
         let device = Device::flex().autodiff();
         device.seed(5);
@@ -1219,6 +1224,7 @@ mod tests {
 
     #[test]
     fn inference_tensors_use_the_kernels_too() {
+        crate::kernels::f32_products();
         let device = Device::flex();
         let x = Tensor::<4>::random([1, 2, 6, 6], Distribution::Default, &device);
         let w = Tensor::<4>::random([3, 2, 3, 3], Distribution::Default, &device);
@@ -1233,6 +1239,7 @@ mod tests {
     /// operations they replace.
     #[test]
     fn inference_fusions_equal_the_operations_they_replace() {
+        crate::kernels::f32_products();
         use burn::nn::conv::{Conv2dConfig, ConvTranspose2dConfig};
         let device = Device::flex();
         device.seed(5);
