@@ -967,7 +967,8 @@ pub fn conv_norm(conv: &Conv2d, norm: &BatchNorm, relu: bool, x: Tensor<4>) -> T
     let training = x.device().is_autodiff() && norm.training.is_enabled();
     let options = conv_options(conv);
     let (false, true, Some(options)) = (training, on_flex(&x), options) else {
-        let y = norm.forward(forward_conv(conv, x));
+        // Training (and other backends): facemark's batch-norm kernel where it applies.
+        let y = batch_norm(norm, forward_conv(conv, x));
         return if relu {
             burn::tensor::activation::relu(y)
         } else {
