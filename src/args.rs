@@ -23,7 +23,12 @@ pub struct Cli {
     /// Matrix products of the convolutions: bf16 operands summed in f32 on AMX tiles (the
     /// default; f32 on CPUs without AMX), or f32 throughout. A run keeps the precision it
     /// started training with.
-    #[arg(long, global = true, env = "FACEMARK_PRECISION", default_value = "bf16")]
+    #[arg(
+        long,
+        global = true,
+        env = "FACEMARK_PRECISION",
+        default_value = "bf16"
+    )]
     pub precision: facemark::kernels::Precision,
     #[command(subcommand)]
     pub command: Command,
