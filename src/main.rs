@@ -23,12 +23,23 @@ use output::{in_flag_terms, report_failures};
 
 fn main() -> ExitCode {
     alloc::keep_freed_pages();
+    quit_quietly_on_closed_pipe();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", in_flag_terms(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `facemark ... | head` stops like other command-line tools when the reader goes away: Rust
+/// ignores SIGPIPE, so every `println!` after that would panic instead.
+fn quit_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -1383,3 +1383,20 @@ fn killed_training_resumes_with_every_epoch_once() {
         "the finished run released its lock"
     );
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_the_command_without_a_panic() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_facemark"))
+        .args(["train", "heatmap", "--recipe", "best", "--print-config"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Like `| head -0`: the reader is gone before the command writes its several kilobytes.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "a panic's exit code");
+}
