@@ -678,7 +678,7 @@ mod tests {
     #[test]
     fn shipped_models_carry_matching_checksums() {
         let shipped = shipped_models(&models_dir()).unwrap();
-        for name in ["nose", "imm58", "ibug68", "heatmap"] {
+        for name in ["nose", "imm58", "ibug68", "heatmap", "face68-fast"] {
             assert!(shipped.iter().any(|s| s == name), "{name} in {shipped:?}");
         }
         for name in &shipped {
