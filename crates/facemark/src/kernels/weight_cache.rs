@@ -5,7 +5,8 @@
 //! by the address and length of the weights' values and holds a clone of their tensor: the clone
 //! keeps the storage alive, so the address cannot be reused for other values, and shared, so
 //! burn's copy-on-write never changes it in place. An address therefore names the same values
-//! for as long as its entry lives.
+//! for as long as its entry lives. Weights that nothing else holds (folded for one call) are
+//! packed and not kept.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -55,6 +56,12 @@ pub(super) fn packed_with(
     pack: impl FnOnce(&[f32]) -> Option<Vec<u16>>,
 ) -> Option<Arc<Vec<u16>>> {
     let values = weight.as_slice::<f32>()?;
+    if weight.is_unique() {
+        // Weights nothing else holds were made for this call (a batch norm folded on the fly
+        // when validating during training): they will not come again, so keeping them would
+        // only hold memory.
+        return pack(values).map(Arc::new);
+    }
     let key = Key {
         address: values.as_ptr() as usize,
         len: values.len(),
@@ -118,13 +125,20 @@ mod tests {
         };
         let values = |step: usize| (0..144).map(|i| (i % step) as f32).collect::<Vec<_>>();
         let first = tensor(values(7), vec![4, 4, 3, 3]);
+        // Held by nothing else (weights folded for one call): packed, not kept.
+        let once = packed_with(&first, &g, pack).unwrap();
+        let again = packed_with(&first, &g, pack).unwrap();
+        assert!(!Arc::ptr_eq(&once, &again));
+        // Held by a model as well (a parameter and the call's clone of it): kept.
+        let held = first.clone();
         let a = packed_with(&first, &g, pack).unwrap();
         let b = packed_with(&first.clone(), &g, |_| panic!("served from the cache")).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         // Other values pack anew, even after the first tensor is dropped (the entry keeps its
         // buffer, so no new tensor can take over its address).
-        drop(first);
+        drop((first, held));
         let second = tensor(values(5), vec![4, 4, 3, 3]);
+        let _held = second.clone();
         let c = packed_with(&second, &g, pack).unwrap();
         assert_eq!(*c, pack(&values(5)).unwrap());
         // Another layout of the same values is another entry.
@@ -136,6 +150,7 @@ mod tests {
         assert_eq!(*d, vec![1]);
         // Nothing to pack (f32), nothing kept.
         let third = tensor(values(3), vec![4, 4, 3, 3]);
+        let _held = third.clone();
         assert!(packed_with(&third, &g, |_| None).is_none());
     }
 }
