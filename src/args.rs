@@ -388,12 +388,18 @@ fn parse_recipe(text: &str) -> Result<RecipeKind, String> {
 }
 
 fn parse_scale_range(text: &str) -> Result<[f32; 2], String> {
-    let parts: Vec<&str> = text.split(',').collect();
-    let [lo, hi] = parts[..] else {
+    let v = comma_separated_numbers(text)?;
+    let [lo, hi] = v[..] else {
         return Err("expected min,max (e.g. 0.9,1.1)".into());
     };
-    let number = |s: &str| s.trim().parse::<f32>().map_err(|e| format!("{s:?}: {e}"));
-    Ok([number(lo)?, number(hi)?])
+    Ok([lo, hi])
+}
+
+/// `a,b,...` -> the numbers, or which one is not a number.
+fn comma_separated_numbers(text: &str) -> Result<Vec<f32>, String> {
+    text.split(',')
+        .map(|s| s.trim().parse::<f32>().map_err(|e| format!("{s:?}: {e}")))
+        .collect()
 }
 
 fn parse_training_boxes(text: &str) -> Result<TrainingBoxes, String> {
@@ -407,10 +413,7 @@ fn parse_training_boxes(text: &str) -> Result<TrainingBoxes, String> {
 
 /// `left,top,width,height` -> a face box.
 pub fn parse_box(text: &str) -> Result<FaceBox, String> {
-    let v: Vec<f32> = text
-        .split(',')
-        .map(|s| s.trim().parse::<f32>().map_err(|e| format!("{s:?}: {e}")))
-        .collect::<Result<_, _>>()?;
+    let v = comma_separated_numbers(text)?;
     let [left, top, width, height] = v[..] else {
         return Err("expected four numbers: left,top,width,height".into());
     };
