@@ -12,6 +12,7 @@ use crate::augment::AugmentConfig;
 use crate::contract::{InferenceContract, InputFrame};
 use crate::crop::CropConfig;
 use crate::dataset::{DETECTOR_TRAIN_LABELS, FaceDataConfig};
+use crate::decode::Decoding;
 use crate::model::{ModelConfig, ModelOverrides, NotApplicable, Pooling};
 use crate::scheme::LandmarkScheme;
 
@@ -263,6 +264,9 @@ impl TrainConfig {
             Task::Ibug68 | Task::Heatmap => {
                 if let ModelConfig::Heatmap(net) = &mut config.model {
                     net.use_shape_prior = true;
+                    // The windowed mean beats the parabola through the peak by 0.05 points of
+                    // validation NME at 112 and at 80 pixels (results/face68.md).
+                    net.decoding = Decoding::LocalMean;
                 }
                 config.epochs = 30;
                 config.schedule = Schedule::Cosine;
@@ -564,7 +568,6 @@ fn json_fields(config: &TrainConfig) -> std::collections::BTreeMap<String, serde
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::Decoding;
     use crate::heatmap::{HeatmapTarget, TargetKind};
     use crate::model::HeatmapLoss;
 
