@@ -700,6 +700,15 @@ fn shipped_300w_models_meet_their_bars_on_both_test_sets() {
             fast <= 3.4,
             "{labels}: face68-fast inter-ocular NME {fast:.3} % (bar: 3.4 %)"
         );
+        // The default model (U-Net of base width 32 at 112x112, `local_mean`): 3.02 % / 3.07 %
+        // as shipped. Issue 13 asks for below 2.8 %, not reached yet: this holds what it scores,
+        // and that it stays the most accurate model shipped.
+        let default = nme_of("face68");
+        assert!(
+            default <= 3.15 && default < heatmap && default < fast,
+            "{labels}: face68 inter-ocular NME {default:.3} % (bar: 3.15 %, below heatmap's \
+             {heatmap:.3} % and face68-fast's {fast:.3} %)"
+        );
     }
 }
 
@@ -1061,6 +1070,14 @@ fn own_detector_finds_the_test_faces_and_the_pipeline_meets_its_bar() {
     assert!(detected as f64 >= 0.98 * 224.0, "{eval}");
     assert!(nme <= 3.4, "{nme:.2} %");
     assert_eq!(eval["missed"].as_u64().unwrap() + detected, 224);
+    // The default model from the detector's boxes scores as it does from the labels' boxes
+    // (3.04 % against 3.02 %; the missed face counts as a failure).
+    let default = eval_on_labels(&data, "face68", &labels, &["--boxes", "detect"]);
+    let default_nme = default["nme_inter_ocular"].as_f64().unwrap();
+    assert!(
+        default_nme <= 3.15,
+        "face68 from detected boxes: {default_nme:.2} %"
+    );
 }
 
 /// dlib's small example faces (37-100 px boxes) are all found by the detector alone at the

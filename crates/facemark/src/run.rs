@@ -500,8 +500,8 @@ pub fn shipped_models(models: &Path) -> std::io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// The shipped 68-point models in order of preference, best first: a `face68` (trained for whole
-/// photos) wins over `heatmap` (3.25 % NME on 300-W's test faces) over `ibug68` (5.02 %).
+/// The shipped 68-point models in order of preference, best first: `face68` (3.02 % NME on 300-W's
+/// test faces) wins over `heatmap` (3.25 %) over `ibug68` (5.02 %).
 pub const PREFERRED_68_POINT_MODELS: [&str; 3] = ["face68", "heatmap", "ibug68"];
 
 /// The landmark model used when none is named (the CLI's `predict` and the Python package's
@@ -678,7 +678,14 @@ mod tests {
     #[test]
     fn shipped_models_carry_matching_checksums() {
         let shipped = shipped_models(&models_dir()).unwrap();
-        for name in ["nose", "imm58", "ibug68", "heatmap", "face68-fast"] {
+        for name in [
+            "nose",
+            "imm58",
+            "ibug68",
+            "heatmap",
+            "face68-fast",
+            "face68",
+        ] {
             assert!(shipped.iter().any(|s| s == name), "{name} in {shipped:?}");
         }
         for name in &shipped {
@@ -741,8 +748,8 @@ mod tests {
             shipped_models(dir.path()).unwrap(),
             ["face68", "heatmap", "ibug68", "nose"]
         );
-        // The repository ships heatmap today.
-        assert_eq!(default_landmark_model(&models_dir()).unwrap(), "heatmap");
+        // The repository ships face68.
+        assert_eq!(default_landmark_model(&models_dir()).unwrap(), "face68");
     }
 
     #[test]
