@@ -157,6 +157,15 @@ pub enum Command {
         #[arg(long)]
         name: String,
     },
+    /// Assemble trained heatmap models into one model that averages their maps (written to OUT,
+    /// loadable and shippable like a run).
+    Ensemble {
+        /// Run directories or shipped model names (two or more, one validation split).
+        #[arg(required = true, num_args = 2..)]
+        members: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Measure training and inference throughput (JSON lines).
     Bench {
         /// A run directory, a shipped model, or a task name (its recipe, freshly initialised).

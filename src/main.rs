@@ -207,6 +207,15 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("shipped {} as {}", run.display(), dir.display());
             Ok(())
         }
+        Command::Ensemble { members, out } => {
+            let dir = facemark::run::assemble_ensemble(&members, &out)?;
+            eprintln!(
+                "wrote the ensemble of {} to {}",
+                members.join(", "),
+                dir.display()
+            );
+            Ok(())
+        }
         Command::Bench {
             model,
             batch_size,

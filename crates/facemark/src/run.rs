@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::contract::InferenceContract;
-use crate::model::KeypointNet;
+use crate::model::{Ensemble, EnsembleConfig, KeypointNet, ModelConfig};
 use crate::recipe::TrainConfig;
 
 /// Errors reading or writing a run directory or a shipped model.
@@ -594,6 +594,104 @@ pub fn ship(run: &Path, name: &str) -> Result<PathBuf, RunError> {
     Ok(dir)
 }
 
+/// Assembles trained heatmap models (run directories or shipped names) into one ensemble model
+/// in `out` (`config.json`, `inference.json`, `model.bpk` in half precision), loadable like any
+/// run or shipped model. The members must share their landmarks, crop, validation split and
+/// test-time mirroring; the ensemble decodes as the first member does and is fed at the largest
+/// member's input size.
+///
+/// `MODEL@SIDE` runs a member at another input side than it was trained at (its fully
+/// convolutional net sees the face larger or smaller): several sides of one model average its
+/// maps over scales, as test-time augmentation.
+pub fn assemble_ensemble(members: &[String], out: &Path) -> Result<PathBuf, RunError> {
+    let device = crate::backend::device();
+    let loaded = members
+        .iter()
+        .map(|m| {
+            let (name, side) = match m.rsplit_once('@') {
+                Some((name, side)) => match side.parse::<usize>() {
+                    Ok(side) => (name, Some(side)),
+                    Err(_) => (m.as_str(), None),
+                },
+                None => (m.as_str(), None),
+            };
+            let mut member = load_trained(name, &device)?;
+            if let (Some(side), ModelConfig::Heatmap(config)) = (side, &mut member.config.model) {
+                config.unet.input_size = side;
+                crate::model::Family::validate(config).map_err(|reason| RunError::Invalid {
+                    path: member.source.clone(),
+                    reason: format!("{m}: {reason}"),
+                })?;
+                // The net itself is size-free but for its shape prior, drawn at its side.
+                member.net = load_model(member.config.model.init(&device), &member.source)?;
+            }
+            Ok(member)
+        })
+        .collect::<Result<Vec<_>, RunError>>()?;
+    let invalid = |source: &Path, reason: String| RunError::Invalid {
+        path: source.to_owned(),
+        reason,
+    };
+    let Some(first) = loaded.first() else {
+        return Err(invalid(out, "an ensemble needs at least one member".into()));
+    };
+    let mut nets = Vec::new();
+    let mut configs = Vec::new();
+    for member in &loaded {
+        let (ModelConfig::Heatmap(config), KeypointNet::Heatmap(net)) =
+            (&member.config.model, member.net.clone())
+        else {
+            return Err(invalid(
+                &member.source,
+                format!(
+                    "only heatmap models can join an ensemble, not {}",
+                    member.config.model.family_name()
+                ),
+            ));
+        };
+        let (a, b) = (&first.config, &member.config);
+        let shared = [
+            ("landmark scheme", a.scheme() == b.scheme()),
+            (
+                "crop enlargement",
+                a.faces.crop.enlarge == b.faces.crop.enlarge,
+            ),
+            (
+                "validation split (labels, share and seed)",
+                (&a.faces.labels, a.faces.val_fraction, a.seed)
+                    == (&b.faces.labels, b.faces.val_fraction, b.seed),
+            ),
+            (
+                "test-time mirroring",
+                first.contract.mirror_average == member.contract.mirror_average,
+            ),
+        ];
+        if let Some((what, _)) = shared.iter().find(|(_, same)| !same) {
+            return Err(invalid(
+                &member.source,
+                format!(
+                    "its {what} differs from the first member's ({})",
+                    first.source.display()
+                ),
+            ));
+        }
+        configs.push(config.clone());
+        nets.push(net);
+    }
+    let ensemble = EnsembleConfig::new(configs, first.contract.decoding)
+        .map_err(|reason| invalid(out, reason))?;
+    let mut config = first.config.clone();
+    config.faces.crop.size = ensemble.input_size;
+    let net = KeypointNet::Ensemble(Ensemble::from_members(nets, &ensemble));
+    config.model = ModelConfig::Ensemble(ensemble);
+    let mut contract = config.contract();
+    contract.mirror_average = first.contract.mirror_average;
+    save_model_half(&net, &out.join("model.bpk"))?;
+    write_json(&out.join("config.json"), &config)?;
+    write_json(&out.join("inference.json"), &contract)?;
+    Ok(out.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -693,6 +791,77 @@ mod tests {
             assert!(checksum_path(&path).is_file(), "{}", path.display());
             read_checked(&path).unwrap();
         }
+    }
+
+    /// A small untrained heatmap model saved as a shipped one in `dir`.
+    fn tiny_heatmap_model(dir: &Path, side: usize, seed: u64) -> String {
+        use crate::model::{HeatmapNetConfig, UNetConfig};
+        let mut config = TrainConfig::study(crate::recipe::Task::Heatmap);
+        config.model = ModelConfig::Heatmap(HeatmapNetConfig {
+            unet: UNetConfig {
+                points: 68,
+                base_width: 4,
+                depth: 2,
+                input_size: side,
+            },
+            ..Default::default()
+        });
+        config.faces.crop.size = side;
+        config.seed = seed;
+        let net = config.model.init(&crate::backend::device());
+        save_model(&net, &dir.join("model.bpk")).unwrap();
+        write_json(&dir.join("config.json"), &config).unwrap();
+        write_json(&dir.join("inference.json"), &config.contract()).unwrap();
+        dir.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn an_ensemble_loads_and_predicts_like_any_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = tiny_heatmap_model(&dir.path().join("a"), 32, 42);
+        let b = tiny_heatmap_model(&dir.path().join("b"), 64, 42);
+        let out = dir.path().join("both");
+        // `a` also at twice its trained side: the same weights see the face larger.
+        assemble_ensemble(&[a.clone(), format!("{a}@64"), b], &out).unwrap();
+        let loaded = load_trained(&out.to_string_lossy(), &crate::backend::device()).unwrap();
+        let KeypointNet::Ensemble(ensemble) = &loaded.net else {
+            panic!("not an ensemble: {:?}", loaded.config.model.family_name());
+        };
+        assert_eq!(ensemble.members.len(), 3);
+        assert_eq!(loaded.contract.input_width, 64);
+        assert_eq!(loaded.config.faces.crop.size, 64);
+        let example = crate::data::Example {
+            width: 64,
+            height: 64,
+            pixels: (0..64 * 64).map(|i| (i % 13) as f32 / 13.0 - 0.5).collect(),
+            points: Vec::new(),
+        };
+        let points = loaded
+            .contract
+            .predict(&loaded.net, &[example], &crate::backend::device());
+        assert_eq!(points[0].len(), 68);
+        assert!(
+            points[0].iter().flatten().all(|v| (0.0..=1.0).contains(v)),
+            "{points:?}"
+        );
+    }
+
+    #[test]
+    fn an_ensemble_refuses_members_of_another_validation_split() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = tiny_heatmap_model(&dir.path().join("a"), 32, 42);
+        let b = tiny_heatmap_model(&dir.path().join("b"), 32, 7);
+        let err = assemble_ensemble(&[a, b.clone()], &dir.path().join("both")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("validation split") && text.contains(&b),
+            "{text}"
+        );
+        let err = assemble_ensemble(&["nose".into()], &dir.path().join("nose")).unwrap_err();
+        assert!(err.to_string().contains("only heatmap models"), "{err}");
+        let odd_side = format!("{}@30", tiny_heatmap_model(&dir.path().join("c"), 32, 42));
+        let err = assemble_ensemble(&[odd_side], &dir.path().join("odd")).unwrap_err();
+        assert!(err.to_string().contains("multiple of"), "{err}");
     }
 
     #[test]

@@ -119,7 +119,7 @@ impl HeatmapNet {
     }
 
     /// The U-Net's maps plus the shape prior, if any.
-    fn logits(&self, images: Tensor<4>) -> Tensor<4> {
+    pub(crate) fn logits(&self, images: Tensor<4>) -> Tensor<4> {
         match &self.log_prior {
             // At inference the prior is added as the head's sums are stored.
             Some(prior) => crate::kernels::forward_conv_plus_map(

@@ -6,6 +6,7 @@
 //! validation metric). This file is the one registration point: adding a family means a module
 //! here, a variant in [`ModelConfig`] and [`KeypointNet`], and their match arms below.
 
+pub mod ensemble;
 pub mod heatmap_net;
 pub mod imm_net;
 pub mod nose_net;
@@ -21,6 +22,7 @@ use crate::data::{Example, Point};
 use crate::decode::{Decoding, Output};
 use crate::heatmap::TargetKind;
 
+pub use ensemble::{Ensemble, EnsembleConfig};
 pub use heatmap_net::{HeatmapLoss, HeatmapNet, HeatmapNetConfig};
 pub use imm_net::{ImmNet, ImmNetConfig, Pooling};
 pub use nose_net::{NoseNet, NoseNetConfig};
@@ -156,6 +158,7 @@ pub enum ModelConfig {
     ImmNet(ImmNetConfig),
     ResNet(ResNetConfig),
     Heatmap(HeatmapNetConfig),
+    Ensemble(EnsembleConfig),
 }
 
 impl ModelConfig {
@@ -178,6 +181,7 @@ impl ModelConfig {
             ModelConfig::ImmNet(c) => KeypointNet::Imm(c.init(device)),
             ModelConfig::ResNet(c) => KeypointNet::ResNet(c.init(device)),
             ModelConfig::Heatmap(c) => KeypointNet::Heatmap(c.init(device)),
+            ModelConfig::Ensemble(c) => KeypointNet::Ensemble(c.init(device)),
         }
     }
 
@@ -188,6 +192,7 @@ impl ModelConfig {
             ModelConfig::ImmNet(c) => c,
             ModelConfig::ResNet(c) => c,
             ModelConfig::Heatmap(c) => c,
+            ModelConfig::Ensemble(c) => c,
         }
     }
 
@@ -197,6 +202,7 @@ impl ModelConfig {
             ModelConfig::ImmNet(c) => c,
             ModelConfig::ResNet(c) => c,
             ModelConfig::Heatmap(c) => c,
+            ModelConfig::Ensemble(c) => c,
         }
     }
 
@@ -263,6 +269,7 @@ pub enum KeypointNet {
     Imm(ImmNet),
     ResNet(ResNet),
     Heatmap(HeatmapNet),
+    Ensemble(Ensemble),
 }
 
 impl KeypointNet {
@@ -273,6 +280,7 @@ impl KeypointNet {
             KeypointNet::Imm(m) => Output::Coordinates(m.forward(images)),
             KeypointNet::ResNet(m) => Output::Coordinates(m.forward(images)),
             KeypointNet::Heatmap(m) => m.output(images),
+            KeypointNet::Ensemble(m) => m.output(images),
         }
     }
 
@@ -283,6 +291,7 @@ impl KeypointNet {
         match self {
             KeypointNet::ResNet(m) => KeypointNet::ResNet(m.fold_batch_norm()),
             KeypointNet::Heatmap(m) => KeypointNet::Heatmap(m.fold_batch_norm()),
+            KeypointNet::Ensemble(m) => KeypointNet::Ensemble(m.fold_batch_norm()),
             // Their batch norms (optional in ImmNet) run as burn's own layers.
             other @ (KeypointNet::Nose(_) | KeypointNet::Imm(_)) => other,
         }
@@ -294,6 +303,7 @@ impl KeypointNet {
         let device = images.device();
         let coords = match self {
             KeypointNet::Heatmap(m) => return m.loss(images, examples),
+            KeypointNet::Ensemble(m) => return m.loss(images, examples),
             KeypointNet::Nose(m) => m.forward(images),
             KeypointNet::Imm(m) => m.forward(images),
             KeypointNet::ResNet(m) => m.forward(images),
@@ -308,6 +318,7 @@ impl KeypointNet {
             KeypointNet::Imm(m) => m.convs[0].weight.val(),
             KeypointNet::ResNet(m) => m.stem_conv.weight.val(),
             KeypointNet::Heatmap(m) => m.unet.first_filters(),
+            KeypointNet::Ensemble(m) => m.first_filters(),
         }
     }
 }
