@@ -51,7 +51,7 @@ pub enum Command {
     },
     /// Evaluate a model on its validation split, or on any labelled face set.
     Eval {
-        /// A run directory or a shipped model's name (nose, imm58, ibug68, heatmap, face68, face68-fast).
+        /// A run directory or a shipped model's name (an unknown name lists those shipped).
         #[arg(long)]
         model: String,
         /// A dlib XML file or a folder of image + .pts pairs to evaluate on (face-box models).
