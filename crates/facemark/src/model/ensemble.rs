@@ -56,10 +56,7 @@ impl EnsembleConfig {
     }
 
     pub fn init(&self, device: &Device) -> Ensemble {
-        Ensemble {
-            members: self.members.iter().map(|m| m.init(device)).collect(),
-            sides: self.members.iter().map(|m| m.unet.input_size).collect(),
-        }
+        Ensemble::from_members(self.members.iter().map(|m| m.init(device)).collect(), self)
     }
 }
 
@@ -108,11 +105,14 @@ impl Ensemble {
         let [_, _, h, _] = images.dims();
         let mut sum: Option<Tensor<4>> = None;
         for (member, &side) in self.members.iter().zip(&self.sides) {
-            let logits = member.logits(resized(images.clone(), side));
+            let probabilities = map_probabilities(member.logits(resized(images.clone(), side)));
             // Resizing spreads each map's mass over (h / side)^2 times the pixels: scaled back,
             // every member's maps sum to 1 and weigh the same.
-            let area = (side * side) as f32 / (h * h) as f32;
-            let probabilities = resized(map_probabilities(logits), h).mul_scalar(area);
+            let probabilities = if side == h {
+                probabilities
+            } else {
+                resized(probabilities, h).mul_scalar((side * side) as f32 / (h * h) as f32)
+            };
             sum = Some(match sum {
                 Some(total) => total + probabilities,
                 None => probabilities,
