@@ -304,6 +304,10 @@ pub struct TrainArgs {
     /// Which boxes face-box training crops start from (tight, detector, both).
     #[arg(long, value_parser = parse_training_boxes)]
     pub train_boxes: Option<TrainingBoxes>,
+    /// Share of the face-box labels held out for validation (default 0.2); a smaller share holds
+    /// out a subset of a larger one's faces.
+    #[arg(long)]
+    pub val_fraction: Option<f32>,
     /// Heatmap target shape (gaussian, binary).
     #[arg(long)]
     pub target: Option<TargetKind>,
@@ -350,6 +354,7 @@ impl TrainArgs {
             },
             input_size: self.size,
             training_boxes: self.train_boxes,
+            val_fraction: self.val_fraction,
             test_time_flip: self.test_time_flip,
             labels: self.labels.as_ref().map(|p| {
                 // A label file the user names is found from the working folder; otherwise it

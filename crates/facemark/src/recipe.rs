@@ -342,6 +342,14 @@ impl TrainConfig {
         }
         self.model.validate().map_err(RecipeError::Invalid)?;
         self.scheme().validate().map_err(RecipeError::Invalid)?;
+        let fraction = self.faces.val_fraction;
+        if !(fraction > 0.0 && fraction <= 0.5) {
+            // Checkpoints are chosen on the held-out faces: there must be some, and most faces
+            // should train.
+            return invalid(format!(
+                "validation fraction {fraction} must be above 0 and at most 0.5"
+            ));
+        }
         if self.train_persons[0] > self.train_persons[1] {
             return invalid(format!(
                 "train persons {:?} is an empty range",
@@ -405,6 +413,9 @@ pub struct Overrides {
     pub input_size: Option<usize>,
     /// Which boxes face-box training crops start from.
     pub training_boxes: Option<TrainingBoxes>,
+    /// Share of the face-box labels held out for validation. The held-out faces are the first of
+    /// one seeded shuffle, so a smaller share holds out a subset of a larger one's faces.
+    pub val_fraction: Option<f32>,
     /// Face-box labels to train on instead of the task's (a dlib XML or image + .pts folder,
     /// absolute or relative to the data folder): any point count.
     pub labels: Option<PathBuf>,
@@ -457,6 +468,12 @@ impl Overrides {
                 TrainingBoxes::Detector => vec![DETECTOR_TRAIN_LABELS.into()],
                 TrainingBoxes::Both => both_box_kinds(&config.faces.labels),
             };
+        }
+        if let Some(fraction) = self.val_fraction {
+            if !config.task.crops_faces() {
+                return Err(faces_only("val_fraction"));
+            }
+            config.faces.val_fraction = fraction;
         }
         config.model.apply(&self.model)?;
         if let Some(size) = self.input_size
@@ -681,6 +698,27 @@ mod tests {
         let mut config = best.clone();
         o.apply(&mut config).unwrap();
         assert!(!config.test_time_flip);
+    }
+
+    #[test]
+    fn override_val_fraction_on_face_box_tasks_only() {
+        let held_out = |fraction| Overrides {
+            val_fraction: Some(fraction),
+            ..Default::default()
+        };
+        let mut heatmap = TrainConfig::recipe(Task::Heatmap, RecipeKind::Best);
+        held_out(0.1).apply(&mut heatmap).unwrap();
+        assert_eq!(heatmap.faces.val_fraction, 0.1);
+        for bad in [0.0, -0.1, 0.6, f32::NAN] {
+            let mut config = TrainConfig::recipe(Task::Heatmap, RecipeKind::Best);
+            let err = held_out(bad).apply(&mut config).unwrap_err();
+            assert!(err.to_string().contains("validation fraction"), "{err}");
+        }
+        let mut nose = TrainConfig::recipe(Task::Nose, RecipeKind::Study);
+        assert!(matches!(
+            held_out(0.1).apply(&mut nose),
+            Err(RecipeError::FaceBoxOnly { .. })
+        ));
     }
 
     #[test]

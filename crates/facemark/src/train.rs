@@ -324,6 +324,31 @@ mod tests {
     }
 
     #[test]
+    fn a_smaller_validation_share_holds_out_a_subset_of_a_larger_ones_faces() {
+        let Some(root) = data_root() else { return };
+        if !root.join("ibug_300w").is_dir() {
+            eprintln!("SKIPPED: no 300-W data in {}", root.display());
+            return;
+        }
+        let held_out = |fraction| {
+            let mut config = TrainConfig::best(Task::Heatmap);
+            config.faces.val_fraction = fraction;
+            let data = load_data(&config, &root).unwrap();
+            let images: Vec<PathBuf> = data.val_images.into_iter().map(|i| i.image_path).collect();
+            (images, data.train.len())
+        };
+        let (small, small_train) = held_out(0.1);
+        let (large, large_train) = held_out(0.2);
+        assert_eq!((small.len(), large.len()), (201, 402));
+        assert_eq!(
+            small,
+            large[..small.len()],
+            "the 0.1 split is the 0.2 split's first faces"
+        );
+        assert!(small_train > large_train, "{small_train} vs {large_train}");
+    }
+
+    #[test]
     fn a_second_training_into_a_locked_run_is_refused() {
         let Some(root) = data_root() else { return };
         let (config, data) = nose(1, &root);
