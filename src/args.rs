@@ -8,7 +8,9 @@ use facemark::data::FaceBox;
 use facemark::decode::Decoding;
 use facemark::heatmap::TargetKind;
 use facemark::model::{HeatmapLoss, ModelOverrides, Pooling};
-use facemark::recipe::{AugmentOverrides, Overrides, RecipeKind, Schedule, Task, TrainingBoxes};
+use facemark::recipe::{
+    AugmentOverrides, Distillation, Overrides, RecipeKind, Schedule, Task, TrainingBoxes,
+};
 
 #[derive(Parser)]
 #[command(
@@ -330,6 +332,13 @@ pub struct TrainArgs {
     /// twice the time per face.
     #[arg(long)]
     pub test_time_flip: Option<bool>,
+    /// Learn from this heatmap model's maps beside the truth (knowledge distillation): a run
+    /// directory or a shipped model's name, whose validation faces include this run's.
+    #[arg(long)]
+    pub teacher: Option<String>,
+    /// Share of each training target taken from the teacher's map, in (0, 1].
+    #[arg(long, default_value_t = 0.5, requires = "teacher")]
+    pub teacher_weight: f32,
     /// Print the recipe (flags applied) as JSON and exit without training.
     #[arg(long)]
     pub print_config: bool,
@@ -355,6 +364,14 @@ impl TrainArgs {
             input_size: self.size,
             training_boxes: self.train_boxes,
             val_fraction: self.val_fraction,
+            distill: self.teacher.as_ref().map(|teacher| Distillation {
+                // A run directory is stored absolute, so that resuming finds it from anywhere.
+                teacher: std::path::absolute(teacher)
+                    .ok()
+                    .filter(|dir| dir.join("config.json").is_file())
+                    .map_or_else(|| teacher.clone(), |dir| dir.to_string_lossy().into_owned()),
+                weight: self.teacher_weight,
+            }),
             test_time_flip: self.test_time_flip,
             labels: self.labels.as_ref().map(|p| {
                 // A label file the user names is found from the working folder; otherwise it

@@ -11,7 +11,7 @@
 //! | recipes | [`contract`] (what inference needs beside the weights), [`recipe`] (run settings, overrides) |
 //! | runs | [`run`] (run directories, checkpoints, shipped models) |
 //! | metrics | [`eval`] |
-//! | training | [`train`] (the resumable loop) |
+//! | training | [`train`] (the resumable loop), [`distill`] (a teacher's maps as targets) |
 //! | figures and reports | [`figures`], [`report`] |
 //! | use | [`detect`] (faces in whole photos), [`inference`] (new photos, the whole-photo pipeline), [`study`] (experiments), [`bench`] (throughput) |
 //!
@@ -27,6 +27,7 @@ pub mod data;
 pub mod dataset;
 pub mod decode;
 pub mod detect;
+pub mod distill;
 pub mod eval;
 pub mod figures;
 pub mod heatmap;

@@ -144,6 +144,21 @@ pub struct TrainConfig {
     /// run started (`kernels::precision`), kept when it resumes. Older runs: f32.
     #[serde(default = "runs_before_precision")]
     pub precision: crate::kernels::Precision,
+    /// A teacher whose maps join the truth in the training targets (heatmap networks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<Distillation>,
+}
+
+/// Knowledge distillation: each training target is a mix of the truth's map and a trained
+/// heatmap model's probability map of the same (augmented) image. Where the truth is one
+/// point, the teacher's map says how unsure a point is along its contour, which a small net
+/// learns from more easily than from the points alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Distillation {
+    /// A run directory (absolute) or a shipped model's name; see [`crate::distill::Teacher`].
+    pub teacher: String,
+    /// Share of each target taken from the teacher's map, in (0, 1]; the rest is the truth's.
+    pub weight: f32,
 }
 
 /// Runs recorded before the precision was: all trained in f32.
@@ -214,6 +229,7 @@ impl TrainConfig {
             test_time_flip: false,
             precision: crate::kernels::Precision::default(),
             ground_truth: None,
+            distill: None,
         }
     }
 
@@ -350,6 +366,22 @@ impl TrainConfig {
                 "validation fraction {fraction} must be above 0 and at most 0.5"
             ));
         }
+        if let Some(distill) = &self.distill {
+            if !(distill.weight > 0.0 && distill.weight <= 1.0) {
+                return invalid(format!(
+                    "the teacher's share of the targets {} must be above 0 and at most 1",
+                    distill.weight
+                ));
+            }
+            if !self.model.learns_probability_maps() {
+                return invalid(format!(
+                    "only heatmap networks trained with cross-entropy learn from a teacher's \
+                     maps, not {} with {}",
+                    self.model.family_name(),
+                    self.model.loss_name()
+                ));
+            }
+        }
         if self.train_persons[0] > self.train_persons[1] {
             return invalid(format!(
                 "train persons {:?} is an empty range",
@@ -421,6 +453,8 @@ pub struct Overrides {
     pub labels: Option<PathBuf>,
     /// Average each prediction with that on the mirrored image (twice the work per face).
     pub test_time_flip: Option<bool>,
+    /// Learn from a teacher's maps beside the truth.
+    pub distill: Option<Distillation>,
     /// The network's own settings.
     pub model: ModelOverrides,
 }
@@ -476,6 +510,9 @@ impl Overrides {
             config.faces.val_fraction = fraction;
         }
         config.model.apply(&self.model)?;
+        if let Some(distill) = &self.distill {
+            config.distill = Some(distill.clone());
+        }
         if let Some(size) = self.input_size
             && !config.set_input_size(size)
         {

@@ -102,6 +102,11 @@ impl Ensemble {
 
     /// `[batch, 1, S, S] -> [batch, K, S, S]`: the mean of the members' probability maps.
     pub fn output(&self, images: Tensor<4>) -> Output {
+        Output::Heatmaps(self.probabilities(images))
+    }
+
+    /// The mean of the members' probability maps, at the input's side.
+    pub fn probabilities(&self, images: Tensor<4>) -> Tensor<4> {
         let [_, _, h, _] = images.dims();
         let mut sum: Option<Tensor<4>> = None;
         for (member, &side) in self.members.iter().zip(&self.sides) {
@@ -119,8 +124,8 @@ impl Ensemble {
             });
         }
         match sum {
-            Some(total) => Output::Heatmaps(total.div_scalar(self.members.len() as f32)),
-            None => Output::Heatmaps(images),
+            Some(total) => total.div_scalar(self.members.len() as f32),
+            None => images,
         }
     }
 

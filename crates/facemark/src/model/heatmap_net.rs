@@ -133,6 +133,17 @@ impl HeatmapNet {
 
     /// The training loss of `images` against the landmarks of `examples` (the same faces).
     pub fn loss(&self, images: Tensor<4>, examples: &[Example]) -> Tensor<1> {
+        self.loss_toward(images, examples, None)
+    }
+
+    /// [`Self::loss`] against targets that are `(1 - weight) * truth + weight * teacher` where a
+    /// teacher's probability maps (shaped as the output) are given.
+    pub fn loss_toward(
+        &self,
+        images: Tensor<4>,
+        examples: &[Example],
+        teacher: Option<(Tensor<4>, f32)>,
+    ) -> Tensor<1> {
         let device = images.device();
         let logits = self.logits(images);
         let [b, k, h, w] = logits.dims();
@@ -152,6 +163,10 @@ impl HeatmapNet {
             })
             .collect();
         let targets = Tensor::from_data(TensorData::new(targets, [b, k, h, w]), &device);
+        let targets = match teacher {
+            Some((maps, weight)) => targets.mul_scalar(1.0 - weight) + maps.mul_scalar(weight),
+            None => targets,
+        };
         match self.loss {
             HeatmapLoss::CrossEntropy => heatmap_cross_entropy(logits, targets),
             HeatmapLoss::Mse => MseLoss::new().forward(logits, targets, Reduction::Mean),

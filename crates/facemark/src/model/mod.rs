@@ -240,6 +240,11 @@ impl ModelConfig {
     pub fn loss_name(&self) -> &'static str {
         self.family().loss_name()
     }
+    /// Whether training fits probability maps (cross-entropy heatmaps), which a teacher's maps
+    /// can join ([`crate::recipe::Distillation`]).
+    pub fn learns_probability_maps(&self) -> bool {
+        matches!(self, ModelConfig::Heatmap(c) if c.loss == HeatmapLoss::CrossEntropy)
+    }
     pub fn validation_metric(&self) -> ValidationMetric {
         self.family().validation_metric()
     }
@@ -309,6 +314,24 @@ impl KeypointNet {
             KeypointNet::ResNet(m) => m.forward(images),
         };
         MseLoss::new().forward(coords, targets_tensor(examples, &device), Reduction::Mean)
+    }
+
+    /// The training loss against targets that mix the truth's maps with `teacher_maps`
+    /// (probability maps the shape of the net's output), the teacher's share being `weight`.
+    /// Only heatmap networks learn from maps; the others get their plain loss.
+    pub fn loss_with_teacher(
+        &self,
+        images: Tensor<4>,
+        examples: &[Example],
+        teacher_maps: Tensor<4>,
+        weight: f32,
+    ) -> Tensor<1> {
+        match self {
+            KeypointNet::Heatmap(m) => {
+                m.loss_toward(images, examples, Some((teacher_maps, weight)))
+            }
+            _ => self.loss(images, examples),
+        }
     }
 
     /// Weights of the first convolution, `[out_channels, 1, k, k]`, for filter images.
