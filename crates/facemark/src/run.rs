@@ -596,8 +596,8 @@ pub fn ship(run: &Path, name: &str) -> Result<PathBuf, RunError> {
 
 /// Assembles trained heatmap models (run directories or shipped names) into one ensemble model
 /// in `out` (`config.json`, `inference.json`, `model.bpk` in half precision), loadable like any
-/// run or shipped model. The members must share their landmarks, crop, validation split and
-/// test-time mirroring; the ensemble decodes as the first member does and is fed at the largest
+/// run or shipped model. The members must share their landmarks, crop, validation shuffle and
+/// test-time mirroring (it validates on the smallest of their held-out shares); the ensemble decodes as the first member does and is fed at the largest
 /// member's input size.
 ///
 /// `MODEL@SIDE` runs a member at another input side than it was trained at (its fully
@@ -657,9 +657,8 @@ pub fn assemble_ensemble(members: &[String], out: &Path) -> Result<PathBuf, RunE
                 a.faces.crop.enlarge == b.faces.crop.enlarge,
             ),
             (
-                "validation split (labels, share and seed)",
-                (&a.faces.labels, a.faces.val_fraction, a.seed)
-                    == (&b.faces.labels, b.faces.val_fraction, b.seed),
+                "validation shuffle (labels and seed)",
+                (&a.faces.labels, a.seed) == (&b.faces.labels, b.seed),
             ),
             (
                 "test-time mirroring",
@@ -682,6 +681,12 @@ pub fn assemble_ensemble(members: &[String], out: &Path) -> Result<PathBuf, RunE
         .map_err(|reason| invalid(out, reason))?;
     let mut config = first.config.clone();
     config.faces.crop.size = ensemble.input_size;
+    // Every member holds out the first faces of the same shuffle: the smallest share is held out
+    // by all of them, so the ensemble validates on it.
+    config.faces.val_fraction = loaded
+        .iter()
+        .map(|m| m.config.faces.val_fraction)
+        .fold(f32::INFINITY, f32::min);
     let net = KeypointNet::Ensemble(Ensemble::from_members(nets, &ensemble));
     config.model = ModelConfig::Ensemble(ensemble);
     let mut contract = config.contract();
@@ -847,16 +852,26 @@ mod tests {
     }
 
     #[test]
-    fn an_ensemble_refuses_members_of_another_validation_split() {
+    fn an_ensemble_refuses_members_of_another_validation_shuffle() {
         let dir = tempfile::tempdir().unwrap();
         let a = tiny_heatmap_model(&dir.path().join("a"), 32, 42);
         let b = tiny_heatmap_model(&dir.path().join("b"), 32, 7);
         let err = assemble_ensemble(&[a, b.clone()], &dir.path().join("both")).unwrap_err();
         let text = err.to_string();
         assert!(
-            text.contains("validation split") && text.contains(&b),
+            text.contains("validation shuffle") && text.contains(&b),
             "{text}"
         );
+        // Held-out shares of one shuffle nest: the ensemble validates on the smallest.
+        let c = tiny_heatmap_model(&dir.path().join("c10"), 32, 42);
+        let mut config: TrainConfig = read_json(&Path::new(&c).join("config.json")).unwrap();
+        config.faces.val_fraction = 0.1;
+        write_json(&Path::new(&c).join("config.json"), &config).unwrap();
+        let a = tiny_heatmap_model(&dir.path().join("a"), 32, 42);
+        let nested = assemble_ensemble(&[a, c], &dir.path().join("nested")).unwrap();
+        let config: TrainConfig = read_json(&nested.join("config.json")).unwrap();
+        assert_eq!(config.faces.val_fraction, 0.1);
+
         let err = assemble_ensemble(&["nose".into()], &dir.path().join("nose")).unwrap_err();
         assert!(err.to_string().contains("only heatmap models"), "{err}");
         let odd_side = format!("{}@30", tiny_heatmap_model(&dir.path().join("c"), 32, 42));
