@@ -146,6 +146,7 @@ pub struct Dataset {
 }
 
 /// What per-epoch sampling needs from a recipe.
+#[derive(Debug, Clone)]
 pub struct Sampling {
     pub seed: u64,
     pub crop: CropConfig,

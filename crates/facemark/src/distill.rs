@@ -2,15 +2,20 @@
 //! each training batch, and the student's targets mix them with the truth's maps
 //! ([`crate::recipe::Distillation`]).
 //!
-//! The teacher sees the student's own augmented crops (resized to its input side, its maps
-//! resized back), so its maps and the truth describe the same image. Its validation faces must
+//! The teacher sees the student's own augmented crops, drawn again at its input side (the same
+//! box jitter and augmentation draws, which are fractions of the crop), and its maps are resized
+//! to the student's side: its maps and the truth describe the same image, which the teacher sees
+//! at the resolution it was trained at. Its validation faces must
 //! include the student's: a teacher that trained on them would pass what it learnt of them on
 //! to the student, and the student's validation would flatter it.
 
 use burn::prelude::*;
 
 use crate::batch::images_tensor;
+use crate::crop::CropConfig;
 use crate::data::Example;
+use crate::dataset::Sampling;
+use crate::model::ensemble::resized_probabilities;
 use crate::model::{Ensemble, EnsembleConfig, KeypointNet, ModelConfig};
 use crate::recipe::{Distillation, TrainConfig};
 use crate::run::{RunError, load_trained};
@@ -23,6 +28,8 @@ pub struct Teacher {
     /// The landmark mirror permutation when the teacher averages its maps with those of the
     /// mirrored image, as its inference contract does for its points.
     mirror: Option<Vec<usize>>,
+    /// The input side the teacher was trained at (its largest member's).
+    side: usize,
     /// Share of each target taken from the teacher.
     pub weight: f32,
     device: Device,
@@ -38,6 +45,7 @@ impl Teacher {
             path: loaded.source.clone(),
             reason: format!("teacher {}: {reason}", distill.teacher),
         };
+        let side = loaded.contract.input_width;
         let net = match (&loaded.config.model, loaded.net.clone()) {
             (ModelConfig::Heatmap(config), KeypointNet::Heatmap(net)) => {
                 let alone =
@@ -90,14 +98,27 @@ impl Teacher {
         Ok(Self {
             net: net.fold_batch_norm(),
             mirror,
+            side,
             weight: distill.weight,
             device,
         })
     }
 
-    /// The teacher's probability maps of `examples`, `[batch, K, S, S]` at the examples' side S,
+    /// How the teacher's view of a training batch is drawn: the student's `sampling` at the
+    /// teacher's input side.
+    pub fn sampling(&self, student: &Sampling) -> Sampling {
+        Sampling {
+            crop: CropConfig {
+                size: self.side,
+                ..student.crop.clone()
+            },
+            ..student.clone()
+        }
+    }
+
+    /// The teacher's probability maps of `examples` (any square side), `[batch, K, side, side]`,
     /// on `device`.
-    pub fn maps(&self, examples: &[Example], device: &Device) -> Tensor<4> {
+    pub fn maps(&self, examples: &[Example], side: usize, device: &Device) -> Tensor<4> {
         let images = images_tensor(examples, &self.device);
         let maps = match &self.mirror {
             Some(mirror) => {
@@ -112,7 +133,7 @@ impl Teacher {
             }
             None => self.net.probabilities(images),
         };
-        Tensor::from_data(maps.into_data(), device)
+        Tensor::from_data(resized_probabilities(maps, side).into_data(), device)
     }
 }
 
@@ -167,7 +188,7 @@ mod tests {
         let student = student_of_face68_fast(0.2);
         let teacher = Teacher::load(student.distill.as_ref().unwrap(), &student).unwrap();
         // A synthetic face-like crop: the maps' shape and mass do not depend on the picture.
-        let side = 64;
+        let side = 80;
         let pixels: Vec<f32> = (0..side * side)
             .map(|i| ((i % side) as f32 / side as f32 - 0.5).abs())
             .collect();
@@ -178,10 +199,10 @@ mod tests {
             points: vec![[0.5, 0.5]; 68],
         };
         let device = crate::backend::device();
-        let maps = teacher.maps(&[example.clone(), example], &device);
-        assert_eq!(maps.dims(), [2, 68, side, side]);
+        let maps = teacher.maps(&[example.clone(), example], 48, &device);
+        assert_eq!(maps.dims(), [2, 68, 48, 48]);
         let sums: Vec<f32> = maps.sum_dim(3).sum_dim(2).into_data().try_to_vec().unwrap();
-        // Resizing the teacher's maps from 80 to 64 keeps their mass up to the borders' share.
+        // Resizing keeps the maps' mass up to the borders' share.
         assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-2), "{sums:?}");
         assert!(
             teacher.mirror.is_some(),

@@ -123,9 +123,14 @@ pub fn train(
     let sampling = config.sampling();
     let val_examples = data.val_examples();
     let teacher = match &config.distill {
-        Some(distill) => Some(Teacher::load(distill, config)?),
+        Some(distill) => {
+            let teacher = Teacher::load(distill, config)?;
+            let sampling = teacher.sampling(&sampling);
+            Some((teacher, sampling))
+        }
         None => None,
     };
+    let side = config.faces.crop.size;
     let mut state = RunState::default();
 
     if resume && run.model_last().is_file() {
@@ -156,8 +161,9 @@ pub fn train(
             let examples = data.training_batch(&sampling, indices, epoch);
             let images = images_tensor(&examples, &device);
             let loss = match &teacher {
-                Some(teacher) => {
-                    let maps = teacher.maps(&examples, &device);
+                Some((teacher, teacher_sampling)) => {
+                    let seen = data.training_batch(teacher_sampling, indices, epoch);
+                    let maps = teacher.maps(&seen, side, &device);
                     model.loss_with_teacher(images, &examples, maps, teacher.weight)
                 }
                 None => model.loss(images, &examples),
@@ -390,7 +396,7 @@ mod tests {
         let teacher = Teacher::load(config.distill.as_ref().unwrap(), &config).unwrap();
         let faces = &data.val_examples()[..16];
         let device = crate::backend::device();
-        let peaks = crate::decode::Output::Heatmaps(teacher.maps(faces, &device))
+        let peaks = crate::decode::Output::Heatmaps(teacher.maps(faces, 64, &device))
             .into_point_lists(crate::decode::Decoding::Argmax);
         let errors: Vec<f32> = peaks
             .iter()
@@ -407,6 +413,25 @@ mod tests {
             mean_error < 0.04,
             "teacher's peaks {mean_error} of the side off"
         );
+
+        // The teacher sees each training face as the student does, at its own side (80).
+        let mut sampling = config.sampling();
+        sampling.augment = TrainConfig::best(Task::Heatmap).augment;
+        let batch = [0, 1, 2, 3];
+        let student_view = data.training_batch(&sampling, &batch, 5);
+        let teacher_view = data.training_batch(&teacher.sampling(&sampling), &batch, 5);
+        for (s, t) in student_view.iter().zip(&teacher_view) {
+            assert_eq!((s.width, t.width), (64, 80));
+            let moved = s.points.iter().zip(&t.points);
+            assert!(
+                moved.clone().all(|(p, q)| (p[0] - q[0]).abs() < 1e-4),
+                "x differs"
+            );
+            assert!(
+                moved.clone().all(|(p, q)| (p[1] - q[1]).abs() < 1e-4),
+                "y differs"
+            );
+        }
 
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::new(dir.path());

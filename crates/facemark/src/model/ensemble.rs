@@ -80,6 +80,16 @@ fn resized(x: Tensor<4>, side: usize) -> Tensor<4> {
     interpolate(x, options)
 }
 
+/// Probability maps resized to `side` x `side`, each still summing to 1: resizing spreads a map's
+/// mass over (side / h)^2 times the pixels, so it is scaled back.
+pub fn resized_probabilities(maps: Tensor<4>, side: usize) -> Tensor<4> {
+    let [_, _, h, _] = maps.dims();
+    if h == side {
+        return maps;
+    }
+    resized(maps, side).mul_scalar((h * h) as f32 / (side * side) as f32)
+}
+
 impl Ensemble {
     /// Assembles trained members (their order must match `config.members`).
     pub fn from_members(members: Vec<HeatmapNet>, config: &EnsembleConfig) -> Self {
@@ -110,14 +120,10 @@ impl Ensemble {
         let [_, _, h, _] = images.dims();
         let mut sum: Option<Tensor<4>> = None;
         for (member, &side) in self.members.iter().zip(&self.sides) {
-            let probabilities = map_probabilities(member.logits(resized(images.clone(), side)));
-            // Resizing spreads each map's mass over (h / side)^2 times the pixels: scaled back,
-            // every member's maps sum to 1 and weigh the same.
-            let probabilities = if side == h {
-                probabilities
-            } else {
-                resized(probabilities, h).mul_scalar((side * side) as f32 / (h * h) as f32)
-            };
+            let probabilities = resized_probabilities(
+                map_probabilities(member.logits(resized(images.clone(), side))),
+                h,
+            );
             sum = Some(match sum {
                 Some(total) => total + probabilities,
                 None => probabilities,
