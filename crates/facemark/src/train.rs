@@ -326,6 +326,17 @@ mod tests {
         }
     }
 
+    /// The data folder, or `None` (with a visible message) when its 300-W faces are absent.
+    fn ibug_data_root() -> Option<PathBuf> {
+        let root = data_root()?;
+        if root.join("ibug_300w").is_dir() {
+            Some(root)
+        } else {
+            eprintln!("SKIPPED: no 300-W data in {}", root.display());
+            None
+        }
+    }
+
     /// The nose study recipe for `epochs` epochs, and its data.
     fn nose(epochs: usize, root: &Path) -> (TrainConfig, Dataset) {
         let mut config = TrainConfig::study(Task::Nose);
@@ -343,11 +354,7 @@ mod tests {
 
     #[test]
     fn a_smaller_validation_share_holds_out_a_subset_of_a_larger_ones_faces() {
-        let Some(root) = data_root() else { return };
-        if !root.join("ibug_300w").is_dir() {
-            eprintln!("SKIPPED: no 300-W data in {}", root.display());
-            return;
-        }
+        let Some(root) = ibug_data_root() else { return };
         let held_out = |fraction| {
             let mut config = TrainConfig::best(Task::Heatmap);
             config.faces.val_fraction = fraction;
@@ -368,11 +375,7 @@ mod tests {
 
     #[test]
     fn a_student_learns_from_a_teacher_whose_maps_find_the_points() {
-        let Some(root) = data_root() else { return };
-        if !root.join("ibug_300w").is_dir() {
-            eprintln!("SKIPPED: no 300-W data in {}", root.display());
-            return;
-        }
+        let Some(root) = ibug_data_root() else { return };
         // A slim U-Net at 64x64 on 256 faces, taught by the shipped face68-fast (at 80x80).
         let mut config = TrainConfig::best(Task::Heatmap);
         config.set_input_size(64);
