@@ -5,9 +5,10 @@
 //! The teacher sees the student's own augmented crops, drawn again at its input side (the same
 //! box jitter and augmentation draws, which are fractions of the crop), and its maps are resized
 //! to the student's side: its maps and the truth describe the same image, which the teacher sees
-//! at the resolution it was trained at. Its validation faces must
-//! include the student's: a teacher that trained on them would pass what it learnt of them on
-//! to the student, and the student's validation would flatter it.
+//! at the resolution it was trained at.
+//!
+//! Its validation faces must include the student's: a teacher that trained on them would pass
+//! what it learnt of them on to the student, and the student's validation would flatter it.
 
 use burn::prelude::*;
 
