@@ -155,19 +155,28 @@ mod tests {
         student
     }
 
+    /// The share of the training faces the shipped face68-fast held out.
+    fn face68_fast_share() -> f32 {
+        let config: TrainConfig =
+            crate::run::read_json(&crate::run::models_dir().join("face68-fast/config.json"))
+                .unwrap();
+        config.faces.val_fraction
+    }
+
     #[test]
     fn a_teacher_that_trained_on_the_students_validation_faces_is_refused() {
-        // face68-fast holds out 20 % of the faces: a student holding out 10 % validates on a
-        // subset of them, one holding out 30 % also on faces face68-fast trained on.
-        let student = student_of_face68_fast(0.1);
+        // A student holding out the teacher's share or less validates on a subset of the
+        // teacher's held-out faces; one holding out more also on faces the teacher trained on.
+        let share = face68_fast_share();
+        let student = student_of_face68_fast(share);
         Teacher::load(student.distill.as_ref().unwrap(), &student).unwrap();
-        let student = student_of_face68_fast(0.3);
+        let student = student_of_face68_fast(share + 0.05);
         let err = Teacher::load(student.distill.as_ref().unwrap(), &student)
             .err()
             .expect("refused");
         assert!(err.to_string().contains("validates on"), "{err}");
 
-        let mut other_seed = student_of_face68_fast(0.2);
+        let mut other_seed = student_of_face68_fast(share);
         other_seed.seed += 1;
         assert!(Teacher::load(other_seed.distill.as_ref().unwrap(), &other_seed).is_err());
     }
@@ -178,7 +187,7 @@ mod tests {
             teacher: "ibug68".into(),
             weight: 0.5,
         };
-        let err = Teacher::load(&student, &student_of_face68_fast(0.2))
+        let err = Teacher::load(&student, &student_of_face68_fast(face68_fast_share()))
             .err()
             .expect("refused");
         assert!(err.to_string().contains("must be a heatmap model"), "{err}");
@@ -186,7 +195,7 @@ mod tests {
 
     #[test]
     fn a_teachers_maps_are_probability_maps_at_the_students_side() {
-        let student = student_of_face68_fast(0.2);
+        let student = student_of_face68_fast(face68_fast_share());
         let teacher = Teacher::load(student.distill.as_ref().unwrap(), &student).unwrap();
         // A synthetic face-like crop: the maps' shape and mass do not depend on the picture.
         let side = 80;
@@ -203,8 +212,9 @@ mod tests {
         let maps = teacher.maps(&[example.clone(), example], 48, &device);
         assert_eq!(maps.dims(), [2, 68, 48, 48]);
         let sums: Vec<f32> = maps.sum_dim(3).sum_dim(2).into_data().try_to_vec().unwrap();
-        // Resizing keeps the maps' mass up to the borders' share.
-        assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-2), "{sums:?}");
+        // Bilinear resizing keeps each map's mass to within a few per cent (spread maps lose
+        // or gain some at the borders).
+        assert!(sums.iter().all(|s| (s - 1.0).abs() < 3e-2), "{sums:?}");
         assert!(
             teacher.mirror.is_some(),
             "face68-fast averages over mirror images"

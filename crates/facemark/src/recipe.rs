@@ -155,7 +155,7 @@ pub struct TrainConfig {
 /// learns from more easily than from the points alone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Distillation {
-    /// A run directory (absolute) or a shipped model's name; see [`crate::distill::Teacher`].
+    /// A run directory (absolute) or a shipped model's name (the `distill` module loads it).
     pub teacher: String,
     /// Share of each target taken from the teacher's map, in (0, 1]; the rest is the truth's.
     pub weight: f32,

@@ -386,6 +386,8 @@ mod tests {
         config.epochs = 3;
         config.learning_rate = 1e-3;
         config.augment = None;
+        // Within the teacher's held-out faces (it held out 10 %).
+        config.faces.val_fraction = 0.1;
         config.distill = Some(crate::recipe::Distillation {
             teacher: "face68-fast".into(),
             weight: 0.5,

@@ -241,7 +241,7 @@ impl ModelConfig {
         self.family().loss_name()
     }
     /// Whether training fits probability maps (cross-entropy heatmaps), which a teacher's maps
-    /// can join ([`crate::recipe::Distillation`]).
+    /// can join (knowledge distillation).
     pub fn learns_probability_maps(&self) -> bool {
         matches!(self, ModelConfig::Heatmap(c) if c.loss == HeatmapLoss::CrossEntropy)
     }
