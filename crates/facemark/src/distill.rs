@@ -26,9 +26,9 @@ pub struct Teacher {
     /// The teacher as an ensemble (of itself alone, or its own members): an ensemble draws maps
     /// at whatever side its input has.
     net: Ensemble,
-    /// The landmark mirror permutation when the teacher averages its maps with those of the
-    /// mirrored image, as its inference contract does for its points.
-    mirror: Option<Vec<usize>>,
+    /// The landmark mirror permutation (as a tensor index) when the teacher averages its maps
+    /// with those of the mirrored image, as its inference contract does for its points.
+    mirror: Option<Tensor<1, Int>>,
     /// The input side the teacher was trained at (its largest member's).
     side: usize,
     /// Share of each target taken from the teacher.
@@ -79,9 +79,8 @@ impl Teacher {
         }
         // Both splits hold out the first faces of the same seeded shuffle: the teacher's
         // held-out faces include the student's when its share is at least as large.
-        let holds_out_students_faces = t.faces.labels == s.faces.labels
-            && t.seed == s.seed
-            && t.faces.val_fraction >= s.faces.val_fraction;
+        let holds_out_students_faces =
+            t.shares_validation_shuffle(s) && t.faces.val_fraction >= s.faces.val_fraction;
         if !holds_out_students_faces {
             return Err(invalid(format!(
                 "it trained on faces the student validates on (its split: {} held out of {} \
@@ -95,7 +94,15 @@ impl Teacher {
                 s.seed
             )));
         }
-        let mirror = t.scheme().mirror.filter(|_| loaded.contract.mirror_average);
+        let mirror = t
+            .scheme()
+            .mirror
+            .filter(|_| loaded.contract.mirror_average)
+            .map(|partners| {
+                let n = partners.len();
+                let partners: Vec<i64> = partners.into_iter().map(|p| p as i64).collect();
+                Tensor::<1, Int>::from_data(TensorData::new(partners, [n]), &device)
+            });
         Ok(Self {
             net: net.fold_batch_norm(),
             mirror,
@@ -122,15 +129,11 @@ impl Teacher {
     pub fn maps(&self, examples: &[Example], side: usize, device: &Device) -> Tensor<4> {
         let images = images_tensor(examples, &self.device);
         let maps = match &self.mirror {
-            Some(mirror) => {
+            Some(partners) => {
                 // Landmark k of the image is its partner's map in the mirrored image, flipped back.
-                let partners: Vec<i64> = mirror.iter().map(|&p| p as i64).collect();
-                let partners = Tensor::<1, Int>::from_data(
-                    TensorData::new(partners, [mirror.len()]),
-                    &self.device,
-                );
                 let mirrored = self.net.probabilities(images.clone().flip([3])).flip([3]);
-                (self.net.probabilities(images) + mirrored.select(1, partners)).div_scalar(2.0)
+                (self.net.probabilities(images) + mirrored.select(1, partners.clone()))
+                    .div_scalar(2.0)
             }
             None => self.net.probabilities(images),
         };

@@ -391,6 +391,12 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// Whether `other` splits the same labels with the same seeded shuffle: each then holds out
+    /// the first faces of one order, and the smaller share's faces are among the larger's.
+    pub fn shares_validation_shuffle(&self, other: &TrainConfig) -> bool {
+        (&self.faces.labels, self.seed) == (&other.faces.labels, other.seed)
+    }
+
     pub fn learning_rate_at(&self, epoch: usize) -> f64 {
         match self.schedule {
             Schedule::Constant => self.learning_rate,

@@ -597,8 +597,8 @@ pub fn ship(run: &Path, name: &str) -> Result<PathBuf, RunError> {
 /// Assembles trained heatmap models (run directories or shipped names) into one ensemble model
 /// in `out` (`config.json`, `inference.json`, `model.bpk` in half precision), loadable like any
 /// run or shipped model. The members must share their landmarks, crop, validation shuffle and
-/// test-time mirroring (it validates on the smallest of their held-out shares); the ensemble decodes as the first member does and is fed at the largest
-/// member's input size.
+/// test-time mirroring (the ensemble validates on the smallest of their held-out shares); the
+/// ensemble decodes as the first member does and is fed at the largest member's input size.
 ///
 /// `MODEL@SIDE` runs a member at another input side than it was trained at (its fully
 /// convolutional net sees the face larger or smaller): several sides of one model average its
@@ -658,7 +658,7 @@ pub fn assemble_ensemble(members: &[String], out: &Path) -> Result<PathBuf, RunE
             ),
             (
                 "validation shuffle (labels and seed)",
-                (&a.faces.labels, a.seed) == (&b.faces.labels, b.seed),
+                a.shares_validation_shuffle(b),
             ),
             (
                 "test-time mirroring",
