@@ -153,6 +153,16 @@ pub enum Command {
         #[arg(long)]
         labels: Option<PathBuf>,
     },
+    /// Measure a face-box model's mean offset from the labels on its training faces (the constant
+    /// error that training on mirrored faces leaves) and, with --write, give it back at inference.
+    Calibrate {
+        /// A run directory or a shipped model's name.
+        #[arg(long)]
+        model: String,
+        /// Store the offset that cancels it in the model's inference.json.
+        #[arg(long)]
+        write: bool,
+    },
     /// Copy a run's best weights, in half precision, to the shipped models as NAME.
     Ship {
         run: PathBuf,
@@ -310,6 +320,11 @@ pub struct TrainArgs {
     /// out a subset of a larger one's faces.
     #[arg(long)]
     pub val_fraction: Option<f32>,
+    /// `dx,dy`: photo pixels subtracted from every face-box label before training and added back
+    /// to the predictions, so that labels off the mirror-symmetric position agree with their
+    /// mirrored twins (`facemark calibrate --model M` measures it; 300-W: about 0.8,0).
+    #[arg(long, value_parser = parse_offset, allow_hyphen_values = true)]
+    pub label_offset: Option<[f32; 2]>,
     /// Heatmap target shape (gaussian, binary).
     #[arg(long)]
     pub target: Option<TargetKind>,
@@ -364,6 +379,7 @@ impl TrainArgs {
             input_size: self.size,
             training_boxes: self.train_boxes,
             val_fraction: self.val_fraction,
+            label_offset: self.label_offset,
             distill: self.teacher.as_ref().map(|teacher| Distillation {
                 // A run directory is stored absolute, so that resuming finds it from anywhere.
                 teacher: std::path::absolute(teacher)
@@ -424,6 +440,14 @@ fn parse_scale_range(text: &str) -> Result<[f32; 2], String> {
         return Err("expected min,max (e.g. 0.9,1.1)".into());
     };
     Ok([lo, hi])
+}
+
+fn parse_offset(text: &str) -> Result<[f32; 2], String> {
+    let v = comma_separated_numbers(text)?;
+    match v[..] {
+        [dx, dy] if dx.is_finite() && dy.is_finite() => Ok([dx, dy]),
+        _ => Err("expected dx,dy in photo pixels (e.g. 0.8,0)".into()),
+    }
 }
 
 /// `a,b,...` -> the numbers, or which one is not a number.

@@ -202,6 +202,17 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {}", out.display());
             Ok(())
         }
+        Command::Calibrate { model, write } => {
+            let calibration = study::calibrate_model(&model, &cli.data, write)?;
+            println!("{}", serde_json::to_string(&calibration)?);
+            if write {
+                eprintln!(
+                    "{model}: points now move by ({:.3}, {:.3}) px",
+                    calibration.offset_after[0], calibration.offset_after[1]
+                );
+            }
+            Ok(())
+        }
         Command::Ship { run, name } => {
             let dir = facemark::run::ship(&run, &name)?;
             eprintln!("shipped {} as {}", run.display(), dir.display());

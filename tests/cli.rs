@@ -95,8 +95,8 @@ fn train_briefly(config: &TrainConfig, data_root: &Path) -> BriefRun {
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::new(dir.path());
     let outcome = facemark::train::train(config, &data, &run, false, false).unwrap();
-    let contract = outcome.config.contract();
-    let summary = facemark::report::evaluate(&outcome.best, &contract, &data, "brief").summary;
+    let summary =
+        facemark::report::evaluate(&outcome.best, &outcome.contract, &data, "brief").summary;
     BriefRun {
         dir,
         run,
@@ -108,8 +108,15 @@ fn train_briefly(config: &TrainConfig, data_root: &Path) -> BriefRun {
 
 /// A brief run's report (evaluation and figures) in its run directory.
 fn write_report(run: &RunDir, data: &Dataset, outcome: &TrainOutcome) {
-    facemark::report::write_report(run, &outcome.config, data, &outcome.state, &outcome.best)
-        .unwrap();
+    facemark::report::write_report(
+        run,
+        &outcome.config,
+        &outcome.contract,
+        data,
+        &outcome.state,
+        &outcome.best,
+    )
+    .unwrap();
 }
 
 /// Mean distance in pixels between the 68 points of a predicted `.pts` file and the truth beside
@@ -692,24 +699,125 @@ fn shipped_300w_models_meet_their_bars_on_both_test_sets() {
             heatmap < resnet,
             "{labels}: heatmap NME {heatmap:.2} % is not below ibug68's {resnet:.2} %"
         );
-        // The 2.6 ms model (base-16 U-Net at 80x80, mirror-averaged, `local_mean` decoding,
-        // distilled from face68): 3.26 % / 3.32 % as shipped (results/face68.md); issue 13 asks
-        // for at most 3.4 % from HOG boxes.
+        // The 2.3 ms model (base-16 U-Net at 80x80, mirror-averaged, `local_mean` decoding,
+        // distilled from face68, calibrated): 3.10 % / 3.17 % as shipped (results/face68.md);
+        // issue 13 asks for at most 3.4 % from HOG boxes.
         let fast = nme_of("face68-fast");
         assert!(
             fast <= 3.4,
             "{labels}: face68-fast inter-ocular NME {fast:.3} % (bar: 3.4 %)"
         );
-        // The default model (U-Net of base width 32 at 112x112, `local_mean`): 3.01 % / 3.05 %
-        // as shipped (session 16). Issue 13 asks for below 2.8 %, not reached yet: this holds what it scores,
-        // and that it stays the most accurate model shipped.
+        // The default model (U-Net of base width 32 at 112x112, `local_mean`, calibrated):
+        // 2.83 % / 2.88 % as shipped (session 17). Issue 13 asks for below 2.8 %, not reached
+        // yet: this holds what it scores, and that it stays the most accurate model shipped.
         let default = nme_of("face68");
         assert!(
-            default <= 3.15 && default < heatmap && default < fast,
-            "{labels}: face68 inter-ocular NME {default:.3} % (bar: 3.15 %, below heatmap's \
+            default <= 2.95 && default < heatmap && default < fast,
+            "{labels}: face68 inter-ocular NME {default:.3} % (bar: 2.95 %, below heatmap's \
              {heatmap:.3} % and face68-fast's {fast:.3} %)"
         );
     }
+}
+
+/// Mean of prediction minus truth (photo pixels, x and y) over every point of a `predict --csv`
+/// output, against the `.pts` file beside each image.
+fn mean_signed_error(csv: &str) -> [f64; 2] {
+    let mut truth: std::collections::HashMap<String, Vec<[f32; 2]>> = Default::default();
+    let (mut sum, mut count) = ([0.0f64; 2], 0usize);
+    for line in csv.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let [image, point, x, y] = fields[..] else {
+            panic!("not image,point,x,y: {line}")
+        };
+        let points = truth.entry(image.to_string()).or_insert_with(|| {
+            facemark::data::pts::read_pts(&Path::new(image).with_extension("pts")).unwrap()
+        });
+        let t = points[point.parse::<usize>().unwrap()];
+        sum[0] += x.parse::<f64>().unwrap() - f64::from(t[0]);
+        sum[1] += y.parse::<f64>().unwrap() - f64::from(t[1]);
+        count += 1;
+    }
+    assert!(count > 0, "no predictions");
+    [sum[0] / count as f64, sum[1] / count as f64]
+}
+
+/// 300-W's labels sit ~0.8 px right of the mirror-symmetric position, so nets trained on
+/// mirrored faces put every point ~0.8 px left of them; the shipped models give that back
+/// (`point_offset`, measured on their training faces). On the test faces, which calibration
+/// never saw, the mean error across is then near zero, and a copy with the offset zeroed has
+/// it measured back by `facemark calibrate`, which makes the copy better on validation.
+#[test]
+fn shipped_models_give_back_the_offset_of_the_labels() {
+    let Some(data) = ibug_data_dir() else { return };
+    let labels = data.join("ibug_300w/labels_300w_test_hogbox.xml");
+    let out = facemark(
+        &data,
+        &[
+            "predict",
+            "--model",
+            "face68-fast",
+            "--boxes",
+            labels.to_str().unwrap(),
+            "--csv",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let [dx, dy] = mean_signed_error(&stdout(&out));
+    assert!(
+        dx.abs() < 0.25 && dy.abs() < 0.4,
+        "face68-fast's mean error on the test faces: ({dx:.3}, {dy:.3}) px"
+    );
+
+    let shipped = facemark::run::models_dir().join("face68-fast");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("face68-fast");
+    std::fs::create_dir(&copy).unwrap();
+    for file in [
+        "config.json",
+        "inference.json",
+        "model.bpk",
+        "model.bpk.sha256",
+    ] {
+        std::fs::copy(shipped.join(file), copy.join(file)).unwrap();
+    }
+    let read_contract = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("inference.json")).unwrap()).unwrap()
+    };
+    let offset = |contract: &serde_json::Value| -> [f64; 2] {
+        let o = &contract["point_offset"];
+        [o[0].as_f64().unwrap(), o[1].as_f64().unwrap()]
+    };
+    let shipped_offset = offset(&read_contract(&shipped));
+    assert!(
+        (0.5..1.2).contains(&shipped_offset[0]),
+        "face68-fast's offset {shipped_offset:?}"
+    );
+    let mut zeroed = read_contract(&copy);
+    zeroed["point_offset"] = serde_json::json!([0.0, 0.0]);
+    std::fs::write(copy.join("inference.json"), zeroed.to_string()).unwrap();
+    let copy_name = copy.to_str().unwrap();
+    let validation_nme = || {
+        let out = facemark(&data, &["eval", "--model", copy_name, "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let eval: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        eval["nme_inter_ocular"].as_f64().unwrap()
+    };
+    let before = validation_nme();
+
+    let out = facemark(&data, &["calibrate", "--model", copy_name, "--write"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let measured = offset(&read_contract(&copy));
+    for axis in 0..2 {
+        assert!(
+            (measured[axis] - shipped_offset[axis]).abs() < 0.02,
+            "calibrate measured {measured:?}, the shipped offset is {shipped_offset:?}"
+        );
+    }
+    let after = validation_nme();
+    assert!(
+        after < before - 0.08,
+        "validation NME with the offset {after:.3} %, without {before:.3} %"
+    );
 }
 
 #[test]
@@ -1048,7 +1156,8 @@ fn test_faces_are_scored_against_the_pts_coordinates() {
         (reported - independent).abs() < 0.01,
         "{reported} vs {independent}"
     );
-    assert!((independent - 3.29).abs() < 0.01, "{independent}");
+    // 3.29 % before the shipped contract gave back the labels' offset (session 17).
+    assert!((independent - 3.13).abs() < 0.01, "{independent}");
 }
 
 /// The whole pipeline with facemark's own detector on 300-W's test faces: the whole-photo issue's
@@ -1071,11 +1180,11 @@ fn own_detector_finds_the_test_faces_and_the_pipeline_meets_its_bar() {
     assert!(nme <= 3.4, "{nme:.2} %");
     assert_eq!(eval["missed"].as_u64().unwrap() + detected, 224);
     // The default model from the detector's boxes scores as it does from the labels' boxes
-    // (3.04 % against 3.02 %; the missed face counts as a failure).
+    // (2.84 % against 2.83 %; the missed face counts as a failure).
     let default = eval_on_labels(&data, "face68", &labels, &["--boxes", "detect"]);
     let default_nme = default["nme_inter_ocular"].as_f64().unwrap();
     assert!(
-        default_nme <= 3.15,
+        default_nme <= 2.95,
         "face68 from detected boxes: {default_nme:.2} %"
     );
 }

@@ -48,6 +48,13 @@ pub struct InferenceContract {
     pub mirror_average: bool,
     /// How heatmaps become points (regression networks ignore it).
     pub decoding: Decoding,
+    /// Added to every predicted point, in photo pixels: how far the labels sit from where a model
+    /// trained on mirrored faces puts them. Mirroring teaches a net the position halfway between
+    /// a label and its mirrored twin's, so labels that are not mirror-symmetric to the pixel
+    /// (300-W's sit ~0.8 px right of it) leave a constant error that this gives back. Measured
+    /// on the training faces (`facemark calibrate`); zero in contracts from before it.
+    #[serde(default)]
+    pub point_offset: Point,
 }
 
 impl InferenceContract {
@@ -73,6 +80,12 @@ impl InferenceContract {
             .mirror
             .as_deref()
             .filter(|_| self.mirror_average)
+    }
+
+    /// `points` (photo pixels, as the network placed them) moved by [`Self::point_offset`].
+    pub fn offset_points(&self, points: Vec<Point>) -> Vec<Point> {
+        let [dx, dy] = self.point_offset;
+        points.into_iter().map(|[x, y]| [x + dx, y + dy]).collect()
     }
 
     /// Runs `net` (validation mode) over model-ready `examples` in batches and returns each one's

@@ -41,6 +41,11 @@ pub struct FaceDataConfig {
     /// boxes at random, and a face that none of them has is left out of training. Empty: the boxes
     /// of `labels`. Validation always uses the boxes of `labels`.
     pub training_boxes: Vec<PathBuf>,
+    /// Subtracted from every label (photo pixels) before training on it, and added back to the
+    /// predictions (the inference contract's `point_offset`): labels that sit off
+    /// the mirror-symmetric position would otherwise disagree with their mirrored twins by twice
+    /// this. `facemark calibrate` measures it.
+    pub label_offset: Point,
 }
 
 impl Default for FaceDataConfig {
@@ -51,6 +56,7 @@ impl Default for FaceDataConfig {
             crop: CropConfig::default(),
             jitter: Some(BoxJitter::default()),
             training_boxes: Vec::new(),
+            label_offset: [0.0, 0.0],
         }
     }
 }
@@ -126,6 +132,31 @@ impl FaceSample {
         }
     }
 
+    /// The model-ready input with its labels moved by `-offset` photo pixels (see
+    /// [`FaceDataConfig::label_offset`]).
+    pub fn example_with_labels_moved(&self, offset: Point) -> Example {
+        if offset == [0.0, 0.0] {
+            return self.example.clone();
+        }
+        // One photo pixel is this fraction of the input across and down.
+        let (per_px_x, per_px_y) = match self.frame {
+            Frame::Whole => (
+                1.0 / self.photo_size.0.max(1) as f32,
+                1.0 / self.photo_size.1.max(1) as f32,
+            ),
+            Frame::Crop(transform) => (
+                transform.scale / self.example.width.max(1) as f32,
+                transform.scale / self.example.height.max(1) as f32,
+            ),
+        };
+        let mut example = self.example.clone();
+        for p in &mut example.points {
+            p[0] -= offset[0] * per_px_x;
+            p[1] -= offset[1] * per_px_y;
+        }
+        example
+    }
+
     /// The diagonal of the face box (of the true points' tight box for whole photos): the
     /// normaliser of schemes that name none.
     pub fn box_diagonal(&self) -> f32 {
@@ -154,6 +185,9 @@ pub struct Sampling {
     pub augment: Option<AugmentConfig>,
     /// The mirror permutation augmentation flips with, if it flips.
     pub mirror: Option<Vec<usize>>,
+    /// Subtracted from the labels (photo pixels) before they become targets (see
+    /// [`FaceDataConfig::label_offset`]).
+    pub label_offset: Point,
 }
 
 /// Reads a label set: a dlib XML file, or a folder of image + `.pts` pairs. An XML face whose
@@ -366,6 +400,15 @@ impl Dataset {
         self.val.iter().map(|s| s.example.clone()).collect()
     }
 
+    /// The validation inputs with their labels moved as training moves them (for the
+    /// validation loss; see [`FaceDataConfig::label_offset`]).
+    pub fn val_targets(&self, sampling: &Sampling) -> Vec<Example> {
+        self.val
+            .iter()
+            .map(|s| s.example_with_labels_moved(sampling.label_offset))
+            .collect()
+    }
+
     /// The mean training shape (fractions of the model input); `None` without training faces.
     pub fn mean_shape(&self) -> Option<Vec<Point>> {
         let first = self.train.first()?;
@@ -393,9 +436,15 @@ impl Dataset {
                     n => sample.training_boxes[rng.random_range(0..n)],
                 };
                 let jittered = jitter.apply(given, &mut rng);
-                crop_face(gray, jittered, &sample.truth, &sampling.crop).0
+                let [dx, dy] = sampling.label_offset;
+                let labels: Vec<Point> = sample
+                    .truth
+                    .iter()
+                    .map(|p| [p[0] - dx, p[1] - dy])
+                    .collect();
+                crop_face(gray, jittered, &labels, &sampling.crop).0
             }
-            _ => sample.example.clone(),
+            _ => sample.example_with_labels_moved(sampling.label_offset),
         };
         match &sampling.augment {
             Some(augment) => augment.apply(&base, sampling.mirror.as_deref(), &mut rng),

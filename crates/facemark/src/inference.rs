@@ -113,7 +113,7 @@ impl Predictor {
             let example = Example::from_gray(gray, &[], w, h);
             let fractions = self.predict_examples(&[example]).pop().unwrap_or_default();
             let points = scale_points(&fractions, gray.width() as f32, gray.height() as f32);
-            return vec![prediction(None, points)];
+            return vec![prediction(None, contract.offset_points(points))];
         };
         let (examples, transforms): (Vec<Example>, Vec<_>) = boxes
             .iter()
@@ -129,7 +129,7 @@ impl Predictor {
                     .into_iter()
                     .map(|p| transform.to_image(p))
                     .collect();
-                prediction(Some(bbox), points)
+                prediction(Some(bbox), contract.offset_points(points))
             })
             .collect()
     }

@@ -10,7 +10,7 @@
 //! | models | [`heatmap`] (targets, loss, prior), [`decode`] (outputs to points), [`model`] (the families) |
 //! | recipes | [`contract`] (what inference needs beside the weights), [`recipe`] (run settings, overrides) |
 //! | runs | [`run`] (run directories, checkpoints, shipped models) |
-//! | metrics | [`eval`] |
+//! | metrics | [`eval`], [`calibrate`] (the labels' offset from a trained model's points) |
 //! | training | [`train`] (the resumable loop), [`distill`] (a teacher's maps as targets) |
 //! | figures and reports | [`figures`], [`report`] |
 //! | use | [`detect`] (faces in whole photos), [`inference`] (new photos, the whole-photo pipeline), [`study`] (experiments), [`bench`] (throughput) |
@@ -21,6 +21,7 @@ pub mod augment;
 pub mod backend;
 pub mod batch;
 pub mod bench;
+pub mod calibrate;
 pub mod contract;
 pub mod crop;
 pub mod data;

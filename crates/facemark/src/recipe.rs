@@ -336,6 +336,11 @@ impl TrainConfig {
             mirror_average: self.test_time_flip && scheme.mirror.is_some(),
             decoding: self.model.decoding(),
             scheme,
+            point_offset: if self.task.crops_faces() {
+                self.faces.label_offset
+            } else {
+                [0.0, 0.0]
+            },
         }
     }
 
@@ -454,6 +459,9 @@ pub struct Overrides {
     /// Share of the face-box labels held out for validation. The held-out faces are the first of
     /// one seeded shuffle, so a smaller share holds out a subset of a larger one's faces.
     pub val_fraction: Option<f32>,
+    /// Photo pixels subtracted from every face-box label before training and added back to the
+    /// predictions (`FaceDataConfig::label_offset`).
+    pub label_offset: Option<crate::data::Point>,
     /// Face-box labels to train on instead of the task's (a dlib XML or image + .pts folder,
     /// absolute or relative to the data folder): any point count.
     pub labels: Option<PathBuf>,
@@ -514,6 +522,12 @@ impl Overrides {
                 return Err(faces_only("val_fraction"));
             }
             config.faces.val_fraction = fraction;
+        }
+        if let Some(offset) = self.label_offset {
+            if !config.task.crops_faces() {
+                return Err(faces_only("label_offset"));
+            }
+            config.faces.label_offset = offset;
         }
         config.model.apply(&self.model)?;
         if let Some(distill) = &self.distill {

@@ -77,7 +77,10 @@ pub fn evaluate(
             .map(|(sample, shape)| sample.to_photo(shape))
             .collect()
     };
-    let predicted_px = to_photo(&predicted);
+    let predicted_px: Vec<Vec<Point>> = to_photo(&predicted)
+        .into_iter()
+        .map(|shape| contract.offset_points(shape))
+        .collect();
     let truth_px: Vec<Vec<Point>> = data.val.iter().map(|s| s.truth.clone()).collect();
     let diagonals: Vec<f32> = data.val.iter().map(|s| s.box_diagonal()).collect();
     let errors = point_errors(&predicted_px, &truth_px);
@@ -125,12 +128,12 @@ pub enum ReportError {
 pub fn write_report(
     run: &RunDir,
     config: &TrainConfig,
+    contract: &InferenceContract,
     data: &Dataset,
     state: &RunState,
     net: &KeypointNet,
 ) -> Result<EvalSummary, ReportError> {
-    let contract = config.contract();
-    let evaluation = evaluate(net, &contract, data, config.task.name());
+    let evaluation = evaluate(net, contract, data, config.task.name());
     write_json(&run.eval(), &evaluation.summary)?;
 
     let curves = [
@@ -166,7 +169,7 @@ pub fn write_report(
     }
 
     let figures_dir = run.figure("");
-    write_evaluation_figures(&figures_dir, "val", net, &contract, data, &evaluation)?;
+    write_evaluation_figures(&figures_dir, "val", net, contract, data, &evaluation)?;
     write_filters(net, &run.figure("filters.png"))?;
     Ok(evaluation.summary)
 }

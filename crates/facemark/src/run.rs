@@ -691,6 +691,12 @@ pub fn assemble_ensemble(members: &[String], out: &Path) -> Result<PathBuf, RunE
     config.model = ModelConfig::Ensemble(ensemble);
     let mut contract = config.contract();
     contract.mirror_average = first.contract.mirror_average;
+    // The members' maps are averaged, so their points' offsets are too.
+    let n = loaded.len() as f32;
+    contract.point_offset = loaded.iter().fold([0.0, 0.0], |sum, m| {
+        let [dx, dy] = m.contract.point_offset;
+        [sum[0] + dx / n, sum[1] + dy / n]
+    });
     save_model_half(&net, &out.join("model.bpk"))?;
     write_json(&out.join("config.json"), &config)?;
     write_json(&out.join("inference.json"), &contract)?;

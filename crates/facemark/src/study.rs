@@ -83,7 +83,14 @@ pub fn train_and_report(
     }
     let resume = existing == Existing::Resume;
     let outcome = crate::train::train(config, data, &run, resume, show_progress)?;
-    let summary = report::write_report(&run, &outcome.config, data, &outcome.state, &outcome.best)?;
+    let summary = report::write_report(
+        &run,
+        &outcome.config,
+        &outcome.contract,
+        data,
+        &outcome.state,
+        &outcome.best,
+    )?;
     Ok((summary, outcome))
 }
 
@@ -114,6 +121,33 @@ pub fn evaluate_model(
     };
     let evaluation = report::evaluate(&predictor.model.net, &predictor.model.contract, &data, name);
     Ok((predictor, data, evaluation))
+}
+
+/// Measures a face-box model's mean offset from the labels on its own training faces (see
+/// [`crate::calibrate`]); with `write`, stores the offset that cancels it in the model's
+/// `inference.json`, so every later prediction gives it back.
+pub fn calibrate_model(
+    name: &str,
+    data_root: &Path,
+    write: bool,
+) -> Result<crate::calibrate::Calibration, StudyError> {
+    let predictor = Predictor::load(name)?;
+    let model = &predictor.model;
+    if !model.contract.needs_face_box() {
+        return Err(StudyError::Unsuitable(format!(
+            "{name} sees whole photos: calibration is for face-box models"
+        )));
+    }
+    let data = load_data(&model.config, data_root)?;
+    let calibration = crate::calibrate::calibrate(&model.net, &model.contract, &data.train);
+    if write {
+        let contract = crate::contract::InferenceContract {
+            point_offset: calibration.offset_after,
+            ..model.contract.clone()
+        };
+        write_json(&model.source.with_file_name("inference.json"), &contract)?;
+    }
+    Ok(calibration)
 }
 
 /// The whole pipeline measured on labelled photos (`eval --boxes detect`).

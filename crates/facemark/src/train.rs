@@ -10,7 +10,7 @@ use rand::seq::SliceRandom;
 
 use crate::augment::sample_rng;
 use crate::batch::images_tensor;
-use crate::contract::predict_examples;
+use crate::contract::{InferenceContract, predict_examples};
 use crate::data::{DataError, Example, Point};
 use crate::dataset::{DataSource, Dataset, Sampling};
 use crate::distill::Teacher;
@@ -50,6 +50,11 @@ impl TrainConfig {
             jitter: self.faces.jitter.clone(),
             augment: self.augment.clone(),
             mirror: self.augment_mirror(),
+            label_offset: if self.task.crops_faces() {
+                self.faces.label_offset
+            } else {
+                [0.0, 0.0]
+            },
         }
     }
 }
@@ -91,6 +96,9 @@ pub struct TrainOutcome {
     pub state: RunState,
     /// The model with the lowest validation loss, in validation mode on the inference device.
     pub best: KeypointNet,
+    /// How `best` is run (the run's `inference.json`), its point offset calibrated on the
+    /// training faces when the training mirrored them.
+    pub contract: InferenceContract,
 }
 
 /// Trains `config` on `data` into `run`. With `resume`, continues from the run's last checkpoint;
@@ -121,7 +129,7 @@ pub fn train(
     let mut model = config.model.init(&device);
     let mut optim = config.optimizer();
     let sampling = config.sampling();
-    let val_examples = data.val_examples();
+    let val_examples = data.val_targets(&sampling);
     let teacher = match &config.distill {
         Some(distill) => {
             let teacher = Teacher::load(distill, config)?;
@@ -230,11 +238,30 @@ pub fn train(
         config.model.init(&crate::backend::device()),
         &run.model_best(),
     )?;
+    let contract = calibrated_contract(config, data, &best);
+    write_json(&run.inference(), &contract)?;
     Ok(TrainOutcome {
         config: config.clone(),
         state,
         best,
+        contract,
     })
+}
+
+/// The contract of `net` trained with `config`: with the point offset that cancels its mean
+/// error on the training faces when training mirrored them (see [`crate::calibrate`]; other
+/// runs keep the recipe's).
+pub fn calibrated_contract(
+    config: &TrainConfig,
+    data: &Dataset,
+    net: &KeypointNet,
+) -> InferenceContract {
+    let mut contract = config.contract();
+    if config.task.crops_faces() && config.augment_mirror().is_some() {
+        contract.point_offset =
+            crate::calibrate::calibrate(net, &contract, &data.train).offset_after;
+    }
+    contract
 }
 
 /// `config` completed with what it measures on the training data before it starts: the landmark
@@ -312,6 +339,7 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
+    use crate::dataset::Frame;
 
     /// The data folder, or `None` (with a visible message) when its IMM photos are absent.
     fn data_root() -> Option<PathBuf> {
@@ -371,6 +399,41 @@ mod tests {
             "the 0.1 split is the 0.2 split's first faces"
         );
         assert!(small_train > large_train, "{small_train} vs {large_train}");
+    }
+
+    #[test]
+    fn a_label_offset_moves_every_target_by_its_photo_pixels() {
+        let Some(root) = ibug_data_root() else { return };
+        let mut config = TrainConfig::best(Task::Heatmap);
+        config.augment = None;
+        let data = load_data(&config, &root).unwrap();
+        let plain = config.sampling();
+        config.faces.label_offset = [2.0, -1.0];
+        let moved = config.sampling();
+        let side = config.faces.crop.size as f32;
+        for index in [0, 7, 500] {
+            let (a, b) = (
+                data.training_example(&plain, index, 3),
+                data.training_example(&moved, index, 3),
+            );
+            assert_eq!(a.pixels, b.pixels, "face {index}: the same crop");
+            // The crop's pixels per photo pixel, from the first point's shift across.
+            let scale = (a.points[0][0] - b.points[0][0]) * side / 2.0;
+            assert!((0.1..2.0).contains(&scale), "face {index}: scale {scale}");
+            for (p, q) in a.points.iter().zip(&b.points) {
+                assert!((p[0] - q[0] - 2.0 * scale / side).abs() < 1e-5);
+                assert!((p[1] - q[1] + scale / side).abs() < 1e-5);
+            }
+        }
+        // Validation targets move the same way; the photo-pixel truth stays.
+        let (plain_val, moved_val) = (data.val_targets(&plain), data.val_targets(&moved));
+        let Frame::Crop(transform) = data.val[0].frame else {
+            panic!("300-W faces are cropped")
+        };
+        let per_px = transform.scale / side;
+        let (p, q) = (plain_val[0].points[5], moved_val[0].points[5]);
+        assert!((p[0] - q[0] - 2.0 * per_px).abs() < 1e-5 && (p[1] - q[1] + per_px).abs() < 1e-5);
+        assert_eq!(plain_val[0].points, data.val[0].example.points);
     }
 
     #[test]
