@@ -336,11 +336,7 @@ impl TrainConfig {
             mirror_average: self.test_time_flip && scheme.mirror.is_some(),
             decoding: self.model.decoding(),
             scheme,
-            point_offset: if self.task.crops_faces() {
-                self.faces.label_offset
-            } else {
-                [0.0, 0.0]
-            },
+            point_offset: self.label_offset(),
         }
     }
 
@@ -417,6 +413,16 @@ impl TrainConfig {
     /// The landmark mirror permutation when predictions average over a mirrored copy.
     pub fn test_time_mirror(&self) -> Option<Vec<usize>> {
         self.scheme().mirror.filter(|_| self.test_time_flip)
+    }
+
+    /// Photo pixels the labels are moved by before training and the predictions are moved back
+    /// by (`FaceDataConfig::label_offset`); whole-photo tasks have none.
+    pub fn label_offset(&self) -> crate::data::Point {
+        if self.task.crops_faces() {
+            self.faces.label_offset
+        } else {
+            [0.0, 0.0]
+        }
     }
 
     /// The mirror permutation that augmentation flips with, if it flips.

@@ -50,11 +50,7 @@ impl TrainConfig {
             jitter: self.faces.jitter.clone(),
             augment: self.augment.clone(),
             mirror: self.augment_mirror(),
-            label_offset: if self.task.crops_faces() {
-                self.faces.label_offset
-            } else {
-                [0.0, 0.0]
-            },
+            label_offset: self.label_offset(),
         }
     }
 }
