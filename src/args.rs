@@ -256,7 +256,8 @@ pub struct TrainArgs {
     /// Run directory to create.
     #[arg(long, conflicts_with = "resume")]
     pub out: Option<PathBuf>,
-    /// Continue an interrupted run in this directory (flags may only repeat its recipe).
+    /// Continue an interrupted run in this directory (flags may only repeat its recipe, but
+    /// `--epochs` may lengthen a finished run: its cosine schedule is spread over the new length).
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Replace an existing run in --out.

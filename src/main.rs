@@ -274,8 +274,7 @@ fn train(args: &TrainArgs, data_root: &Path) -> Result<()> {
                     args.task.name()
                 );
             }
-            overrides.check_resumable(&stored)?;
-            (stored, dir.clone(), Existing::Resume)
+            (overrides.resumed(&stored)?, dir.clone(), Existing::Resume)
         }
         None => {
             let mut config = TrainConfig::recipe(args.task, args.recipe);

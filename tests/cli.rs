@@ -956,7 +956,8 @@ fn a_five_point_markup_trains_evaluates_and_predicts_through_the_cli() {
     );
 }
 
-/// `--resume` keeps the stored recipe: a flag that contradicts it is refused by name.
+/// `--resume` keeps the stored recipe: a flag that contradicts it is refused by name, and only
+/// `--epochs` may change (a longer schedule).
 #[test]
 fn resume_refuses_flags_that_contradict_the_stored_recipe() {
     let dir = tempfile::tempdir().unwrap();
@@ -964,26 +965,30 @@ fn resume_refuses_flags_that_contradict_the_stored_recipe() {
     let config = TrainConfig::best(Task::Nose);
     facemark::run::write_json(&run.config(), &config).unwrap();
     let run_str = dir.path().to_str().unwrap();
-    let resume_with_epochs = |epochs: &str| {
+    let resume_with = |flag: &str, value: &str| {
         let args = [
             "train",
             "nose",
             "--resume",
             run_str,
-            "--epochs",
-            epochs,
+            flag,
+            value,
             "--print-config",
         ];
         facemark(Path::new("no-data-needed"), &args)
     };
-    let out = resume_with_epochs("3");
+    let out = resume_with("--batch-size", "3");
     assert!(
-        !out.status.success() && stderr(&out).contains("epochs = 3 (stored: 150)"),
+        !out.status.success() && stderr(&out).contains("batch_size = 3 (stored: "),
         "{}",
         stderr(&out)
     );
-    let same = resume_with_epochs("150");
+    let same = resume_with("--batch-size", &config.batch_size.to_string());
     assert!(same.status.success(), "{}", stderr(&same));
+    let longer = resume_with("--epochs", "300");
+    assert!(longer.status.success(), "{}", stderr(&longer));
+    let printed: serde_json::Value = serde_json::from_str(&stdout(&longer)).unwrap();
+    assert_eq!(printed["epochs"], 300);
 }
 
 /// One JSON value per line of the command's stdout.

@@ -624,15 +624,10 @@ mod tests {
         assert_eq!(scale_to(&src, 9, 5).dimensions(), (9, 5));
     }
 
-    /// The data folder (FACEMARK_DATA, else ../shared/data beside the workspace), or `None`
-    /// with a visible message when dlib's example photos are absent.
+    /// dlib's example photos in the data folder, or `None` with a visible message when they
+    /// are absent.
     fn example_faces() -> Option<std::path::PathBuf> {
-        let root = std::env::var_os("FACEMARK_DATA")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
-            });
-        let dir = root.join("dlib_example_faces");
+        let dir = crate::test_data::data_root().join("dlib_example_faces");
         if dir.join("testing.xml").is_file() {
             Some(dir)
         } else {

@@ -40,4 +40,6 @@ pub mod report;
 pub mod run;
 pub mod scheme;
 pub mod study;
+#[cfg(test)]
+mod test_data;
 pub mod train;

@@ -549,14 +549,21 @@ impl Overrides {
         config.validate()
     }
 
-    /// Checks that the overrides leave `stored` (a resumed run's recipe) as it is.
-    pub fn check_resumable(&self, stored: &TrainConfig) -> Result<(), RecipeError> {
-        let mut changed = stored.clone();
-        self.apply(&mut changed)?;
-        if changed == *stored {
-            return Ok(());
+    /// The recipe a resumed run trains on: `stored` as it is, except that `--epochs` may lengthen
+    /// (or shorten) the schedule; a cosine schedule is then spread over the new length, so a
+    /// finished run continues from a raised rate (a warm restart). Every other override must
+    /// repeat the stored recipe.
+    pub fn resumed(&self, stored: &TrainConfig) -> Result<TrainConfig, RecipeError> {
+        let mut resumed = stored.clone();
+        if let Some(epochs) = self.epochs {
+            resumed.epochs = epochs;
         }
-        let (a, b) = (json_fields(stored), json_fields(&changed));
+        let mut changed = resumed.clone();
+        self.apply(&mut changed)?;
+        if changed == resumed {
+            return Ok(resumed);
+        }
+        let (a, b) = (json_fields(&resumed), json_fields(&changed));
         let differing: Vec<String> = b
             .iter()
             .filter(|(key, value)| a.get(*key) != Some(value))
@@ -1013,16 +1020,42 @@ mod tests {
     fn resume_refuses_a_contradicting_override_and_accepts_a_repeated_one() {
         let stored = TrainConfig::best(Task::Heatmap);
         let same = Overrides {
-            epochs: Some(30),
+            learning_rate: Some(stored.learning_rate),
             ..Default::default()
         };
-        same.check_resumable(&stored).unwrap();
-        let more = Overrides {
-            epochs: Some(60),
+        assert_eq!(same.resumed(&stored).unwrap(), stored);
+        let other = Overrides {
+            learning_rate: Some(0.01),
             ..Default::default()
         };
-        let err = more.check_resumable(&stored).unwrap_err().to_string();
-        assert!(err.contains("epochs = 60 (stored: 30)"), "{err}");
+        let err = other.resumed(&stored).unwrap_err().to_string();
+        assert!(err.contains("learning_rate = 0.01"), "{err}");
+    }
+
+    #[test]
+    fn resume_may_lengthen_the_schedule_and_its_cosine_follows() {
+        let stored = TrainConfig::best(Task::Heatmap);
+        assert_eq!(stored.schedule, Schedule::Cosine);
+        let longer = Overrides {
+            epochs: Some(stored.epochs * 2),
+            ..Default::default()
+        }
+        .resumed(&stored)
+        .unwrap();
+        assert_eq!(longer.epochs, stored.epochs * 2);
+        assert_eq!(
+            TrainConfig {
+                epochs: stored.epochs,
+                ..longer.clone()
+            },
+            stored,
+            "only the epoch count changes"
+        );
+        // The stored run ends at its floor; the longer one is still half way down its cosine.
+        let end = stored.epochs;
+        assert!(stored.learning_rate_at(end) < 0.03 * stored.learning_rate);
+        assert!(longer.learning_rate_at(end + 1) > 0.4 * stored.learning_rate);
+        assert!(longer.learning_rate_at(2 * end) < 0.03 * stored.learning_rate);
     }
 
     #[test]

@@ -793,10 +793,7 @@ mod tests {
 
     /// 300-W's test faces (.pts points preferred), or `None` with a visible message.
     fn test_faces() -> Option<(PathBuf, Vec<crate::data::LabeledImage>)> {
-        let root = std::env::var_os("FACEMARK_DATA")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/work/shared/data"));
-        let labels = root.join(TEST_LABELS);
+        let labels = crate::test_data::data_root().join(TEST_LABELS);
         if !labels.is_file() {
             eprintln!("SKIPPED: no {}", labels.display());
             return None;

@@ -87,7 +87,7 @@ pub enum TrainError {
 
 /// The finished run.
 pub struct TrainOutcome {
-    /// The recipe as trained: the run's stored one when resumed.
+    /// The recipe as trained: the run's stored one when resumed (with the caller's epoch count).
     pub config: TrainConfig,
     pub state: RunState,
     /// The model with the lowest validation loss, in validation mode on the inference device.
@@ -111,8 +111,28 @@ pub fn train(
     let _lock = RunLock::acquire(&run.root)?;
     let config = &if resume && run.exists() {
         // A resumed run keeps the recipe it started with, data statistics included: weights
-        // trained with a shape prior are wrong without it.
-        run.read_config()?
+        // trained with a shape prior are wrong without it. Only its length may change
+        // (`Overrides::resumed`), and is stored before any epoch trains to it.
+        let stored = run.read_config()?;
+        if stored.epochs == config.epochs {
+            stored
+        } else {
+            let trained = run.read_state()?.epochs_done();
+            if config.epochs < trained {
+                return Err(RecipeError::Invalid(format!(
+                    "{} has trained {trained} epochs already; resume it with --epochs {trained} \
+                     or more",
+                    run.root.display()
+                ))
+                .into());
+            }
+            let resized = TrainConfig {
+                epochs: config.epochs,
+                ..stored
+            };
+            write_json(&run.config(), &resized)?;
+            resized
+        }
     } else {
         TrainConfig {
             precision: crate::kernels::precision(),
@@ -339,9 +359,7 @@ mod tests {
 
     /// The data folder, or `None` (with a visible message) when its IMM photos are absent.
     fn data_root() -> Option<PathBuf> {
-        let root = std::env::var_os("FACEMARK_DATA")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/work/shared/data"));
+        let root = crate::test_data::data_root();
         if root.join("imm_face_db").is_dir() {
             Some(root)
         } else {
@@ -542,11 +560,12 @@ mod tests {
         let before: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
 
         // A second epoch at an absurd learning rate: Adam moves every weight by ~1e30.
-        edit_stored_config(&run, |c| {
-            c.epochs = 2;
-            c.learning_rate = 1e30;
-        });
-        let err = train(&config, &data, &run, true, false).err().unwrap();
+        edit_stored_config(&run, |c| c.learning_rate = 1e30);
+        let longer = TrainConfig {
+            epochs: 2,
+            ..config.clone()
+        };
+        let err = train(&longer, &data, &run, true, false).err().unwrap();
         let text = err.to_string();
         eprintln!("{text}");
         assert!(
@@ -628,8 +647,12 @@ mod tests {
         // weights: the state still says epoch 1, and every weights file is whole and checked.
         std::fs::remove_file(run.metrics()).unwrap();
         std::fs::create_dir(run.metrics()).unwrap();
-        edit_stored_config(&run, |c| c.epochs = 2);
-        let err = train(&config, &data, &run, true, false).err().unwrap();
+        // Resuming with a longer schedule than the stored one extends the run.
+        let longer = TrainConfig {
+            epochs: 2,
+            ..config.clone()
+        };
+        let err = train(&longer, &data, &run, true, false).err().unwrap();
         assert!(
             matches!(err, TrainError::Run(RunError::Write { .. })),
             "{err}"
@@ -647,9 +670,16 @@ mod tests {
 
         // The cause removed, the run resumes where its state says it stopped.
         std::fs::remove_dir(run.metrics()).unwrap();
-        let outcome = train(&config, &data, &run, true, false).unwrap();
+        assert_eq!(run.read_config().unwrap().epochs, 2, "the length is stored");
+        let outcome = train(&longer, &data, &run, true, false).unwrap();
         let epochs: Vec<usize> = outcome.state.history.iter().map(|r| r.epoch).collect();
         assert_eq!(epochs, vec![1, 2]);
+        // Shorter than what is trained is refused by name.
+        let err = train(&config, &data, &run, true, false).err().unwrap();
+        assert!(
+            err.to_string().contains("trained 2 epochs already"),
+            "{err}"
+        );
         assert_eq!(
             std::fs::read_to_string(run.metrics())
                 .unwrap()

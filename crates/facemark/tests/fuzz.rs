@@ -16,7 +16,7 @@
 //!     cargo nextest run -p facemark --test fuzz --no-capture
 //! ```
 //!
-//! Real files come from `$FACEMARK_DATA` (default `/work/shared/data`) and the shipped models;
+//! Real files come from `$FACEMARK_DATA` (default `../shared/data` beside the workspace) and the shipped models;
 //! without the data folder only the arbitrary-bytes cases run.
 
 use std::path::{Path, PathBuf};
@@ -73,10 +73,11 @@ fn check<S: Strategy>(
     );
 }
 
+/// `FACEMARK_DATA` read from the workspace's folder (cargo runs these tests in the crate's), else
+/// `../shared/data` beside the workspace.
 fn data_root() -> PathBuf {
-    std::env::var_os("FACEMARK_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/data"))
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    workspace.join(std::env::var_os("FACEMARK_DATA").unwrap_or_else(|| "../shared/data".into()))
 }
 
 /// A real file's bytes, or `None` (with a visible message) when it is absent.

@@ -336,8 +336,9 @@ fn escape(s: &str) -> String {
 mod tests {
     use super::*;
 
-    const IBUG: &str = "/work/shared/data/ibug_300w";
-    const DLIB_FACES: &str = "/work/shared/data/dlib_example_faces";
+    fn ibug() -> std::path::PathBuf {
+        crate::test_data::data_root().join("ibug_300w")
+    }
 
     const SMALL: &str = "<?xml version='1.0' encoding='ISO-8859-1'?>
 <?xml-stylesheet type='text/xsl' href='image_metadata_stylesheet.xsl'?>
@@ -609,7 +610,7 @@ mod tests {
             "dlib_example_faces/training.xml",
             "dlib_example_faces/testing_with_face_landmarks.xml",
         ] {
-            let path = Path::new("/work/shared/data").join(path);
+            let path = crate::test_data::data_root().join(path);
             if !path.is_file() {
                 eprintln!("skipped: {} is absent", path.display());
                 continue;
@@ -638,7 +639,7 @@ mod tests {
 
     #[test]
     fn real_300w_test_labels_match_their_pts_files() {
-        let path = Path::new(IBUG).join("labels_300w_test.xml");
+        let path = ibug().join("labels_300w_test.xml");
         if !path.is_file() {
             eprintln!("skipped: {} is absent", path.display());
             return;
@@ -664,18 +665,14 @@ mod tests {
         }
         // Formatting reproduces dlib's layout; only the comment differs.
         let original = std::fs::read_to_string(&path).unwrap();
-        let formatted = format_dlib_xml(
-            &images,
-            Path::new(IBUG),
-            "iBUG 300-W face crops - testing images",
-        );
+        let formatted = format_dlib_xml(&images, &ibug(), "iBUG 300-W face crops - testing images");
         let body = |s: &str| s.split("<images>").nth(1).map(str::to_owned);
         assert_eq!(body(&formatted), body(&original));
     }
 
     #[test]
     fn real_dlib_example_files_parse() {
-        let dir = Path::new(DLIB_FACES);
+        let dir = &crate::test_data::data_root().join("dlib_example_faces");
         if !dir.is_dir() {
             eprintln!("skipped: {} is absent", dir.display());
             return;

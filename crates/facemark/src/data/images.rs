@@ -299,8 +299,6 @@ mod tests {
         assert_eq!(ex.points_in(640.0, 480.0), vec![[320.0, 120.0]]);
     }
 
-    const IMM: &str = "/work/shared/data/imm_face_db";
-
     /// A JPEG or PNG of `width` x `height` noise (noise, so the compressed file is large).
     fn encoded(format: ImageFormat, width: u32, height: u32) -> Vec<u8> {
         let gray = GrayImage::from_fn(width, height, |x, y| {
@@ -319,7 +317,7 @@ mod tests {
 
     #[test]
     fn truncated_real_jpeg_is_refused_by_name_unless_allowed() {
-        let real = Path::new(IMM).join("01-1m.jpg");
+        let real = crate::test_data::data_root().join("imm_face_db/01-1m.jpg");
         if !real.is_file() {
             eprintln!("skipped: {} is absent", real.display());
             return;
@@ -374,7 +372,7 @@ mod tests {
 
     #[test]
     fn every_real_jpeg_is_complete() {
-        let root = Path::new("/work/shared/data");
+        let root = &crate::test_data::data_root();
         if !root.is_dir() {
             eprintln!("skipped: {} is absent", root.display());
             return;

@@ -249,7 +249,9 @@ pub fn prefer_pts_points(images: &mut [LabeledImage]) {
 mod tests {
     use super::*;
 
-    const DATA: &str = "/work/shared/data/ibug_300w";
+    fn ibug() -> std::path::PathBuf {
+        crate::test_data::data_root().join("ibug_300w")
+    }
 
     fn parse(text: &str) -> Result<Vec<Point>, DataError> {
         parse_pts(text, Path::new("t.pts"))
@@ -357,7 +359,7 @@ mod tests {
 
     #[test]
     fn real_300w_file_has_68_points() {
-        let path = Path::new(DATA).join("lfpw/testset/image_0001.pts");
+        let path = ibug().join("lfpw/testset/image_0001.pts");
         if !path.is_file() {
             eprintln!("skipped: {} is absent", path.display());
             return;
@@ -380,7 +382,7 @@ mod tests {
 
     #[test]
     fn real_folder_loads() {
-        let dir = Path::new(DATA).join("lfpw/testset");
+        let dir = ibug().join("lfpw/testset");
         if !dir.is_dir() {
             eprintln!("skipped: {} is absent", dir.display());
             return;
