@@ -796,13 +796,18 @@ fn shipped_models_give_back_the_offset_of_the_labels() {
     zeroed["point_offset"] = serde_json::json!([0.0, 0.0]);
     std::fs::write(copy.join("inference.json"), zeroed.to_string()).unwrap();
     let copy_name = copy.to_str().unwrap();
-    let validation_nme = || {
+    // Validation NME, and the MSE of the net's own coordinates against the labels moved by the
+    // contract's offset.
+    let validation_nme_and_mse = || {
         let out = facemark(&data, &["eval", "--model", copy_name, "--json"]);
         assert!(out.status.success(), "{}", stderr(&out));
         let eval: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-        eval["nme_inter_ocular"].as_f64().unwrap()
+        (
+            eval["nme_inter_ocular"].as_f64().unwrap(),
+            eval["mse"].as_f64().unwrap(),
+        )
     };
-    let before = validation_nme();
+    let (before, mse_before) = validation_nme_and_mse();
 
     let out = facemark(&data, &["calibrate", "--model", copy_name, "--write"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -813,10 +818,14 @@ fn shipped_models_give_back_the_offset_of_the_labels() {
             "calibrate measured {measured:?}, the shipped offset is {shipped_offset:?}"
         );
     }
-    let after = validation_nme();
+    let (after, mse_after) = validation_nme_and_mse();
     assert!(
         after < before - 0.08,
         "validation NME with the offset {after:.3} %, without {before:.3} %"
+    );
+    assert!(
+        mse_after < 0.99 * mse_before,
+        "validation MSE with the offset {mse_after:.3e}, without {mse_before:.3e}"
     );
 }
 
