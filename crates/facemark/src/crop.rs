@@ -93,6 +93,21 @@ impl CropTransform {
             p[1] / self.scale + self.origin[1],
         ]
     }
+
+    /// Points given as fractions of a `width` x `height` crop (a network's output), in the
+    /// photo's pixels.
+    pub fn fractions_to_image(
+        &self,
+        fractions: &[Point],
+        width: usize,
+        height: usize,
+    ) -> Vec<Point> {
+        let (w, h) = (width as f32, height as f32);
+        fractions
+            .iter()
+            .map(|p| self.to_image([p[0] * w, p[1] * h]))
+            .collect()
+    }
 }
 
 /// The integer square region (left, top, side) cropped for `bbox`.
@@ -276,6 +291,12 @@ mod tests {
         let back = transform.to_image(example.points_in(112.0, 112.0)[0]);
         assert!(
             (back[0] - p[0]).abs() < 1e-3 && (back[1] - p[1]).abs() < 1e-3,
+            "{back:?}"
+        );
+        // A network's output (fractions of the crop) maps back the same way.
+        let back = transform.fractions_to_image(&example.points, example.width, example.height);
+        assert!(
+            (back[0][0] - p[0]).abs() < 1e-3 && (back[0][1] - p[1]).abs() < 1e-3,
             "{back:?}"
         );
     }

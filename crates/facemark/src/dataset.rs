@@ -123,11 +123,7 @@ impl FaceSample {
                 fractions.iter().map(|p| [p[0] * w, p[1] * h]).collect()
             }
             Frame::Crop(transform) => {
-                let (w, h) = (self.example.width as f32, self.example.height as f32);
-                fractions
-                    .iter()
-                    .map(|p| transform.to_image([p[0] * w, p[1] * h]))
-                    .collect()
+                transform.fractions_to_image(fractions, self.example.width, self.example.height)
             }
         }
     }

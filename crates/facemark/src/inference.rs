@@ -125,10 +125,8 @@ impl Predictor {
             .zip(&examples)
             .zip(transforms.iter().zip(fractions))
             .map(|((bbox, example), (transform, fractions))| {
-                let points = scale_points(&fractions, example.width as f32, example.height as f32)
-                    .into_iter()
-                    .map(|p| transform.to_image(p))
-                    .collect();
+                let points =
+                    transform.fractions_to_image(&fractions, example.width, example.height);
                 prediction(Some(bbox), contract.offset_points(points))
             })
             .collect()
