@@ -708,12 +708,13 @@ fn shipped_300w_models_meet_their_bars_on_both_test_sets() {
             "{labels}: face68-fast inter-ocular NME {fast:.3} % (bar: 3.4 %)"
         );
         // The default model (U-Net of base width 32 at 112x112, `local_mean`, trained on labels
-        // moved by 300-W's offset, calibrated): 2.83 % / 2.85 % as shipped (session 17). Issue 13 asks for below 2.8 %, not reached
-        // yet: this holds what it scores, and that it stays the most accurate model shipped.
+        // moved by 300-W's offset for 90 epochs, calibrated): 2.80 % / 2.82 % as shipped
+        // (session 18). Issue 13 asks for below 2.8 %, not reached yet: this holds what it
+        // scores, and that it stays the most accurate model shipped.
         let default = nme_of("face68");
         assert!(
-            default <= 2.95 && default < heatmap && default < fast,
-            "{labels}: face68 inter-ocular NME {default:.3} % (bar: 2.95 %, below heatmap's \
+            default <= 2.85 && default < heatmap && default < fast,
+            "{labels}: face68 inter-ocular NME {default:.3} % (bar: 2.85 %, below heatmap's \
              {heatmap:.3} % and face68-fast's {fast:.3} %)"
         );
     }
@@ -1194,11 +1195,11 @@ fn own_detector_finds_the_test_faces_and_the_pipeline_meets_its_bar() {
     assert!(nme <= 3.4, "{nme:.2} %");
     assert_eq!(eval["missed"].as_u64().unwrap() + detected, 224);
     // The default model from the detector's boxes scores as it does from the labels' boxes
-    // (2.83 % against 2.83 %; the missed face counts as a failure).
+    // (2.80 % against 2.80 %; the missed face counts as a failure).
     let default = eval_on_labels(&data, "face68", &labels, &["--boxes", "detect"]);
     let default_nme = default["nme_inter_ocular"].as_f64().unwrap();
     assert!(
-        default_nme <= 2.95,
+        default_nme <= 2.85,
         "face68 from detected boxes: {default_nme:.2} %"
     );
 }
