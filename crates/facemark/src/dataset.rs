@@ -134,6 +134,14 @@ impl FaceSample {
         if offset == [0.0, 0.0] {
             return self.example.clone();
         }
+        Example {
+            points: self.labels_moved(offset),
+            ..self.example.clone()
+        }
+    }
+
+    /// The labels as fractions of the input, moved by `-offset` photo pixels.
+    pub fn labels_moved(&self, offset: Point) -> Vec<Point> {
         // One photo pixel is this fraction of the input across and down.
         let (per_px_x, per_px_y) = match self.frame {
             Frame::Whole => (
@@ -145,12 +153,11 @@ impl FaceSample {
                 transform.scale / self.example.height.max(1) as f32,
             ),
         };
-        let mut example = self.example.clone();
-        for p in &mut example.points {
-            p[0] -= offset[0] * per_px_x;
-            p[1] -= offset[1] * per_px_y;
-        }
-        example
+        self.example
+            .points
+            .iter()
+            .map(|p| [p[0] - offset[0] * per_px_x, p[1] - offset[1] * per_px_y])
+            .collect()
     }
 
     /// The diagonal of the face box (of the true points' tight box for whole photos): the

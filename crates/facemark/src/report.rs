@@ -21,7 +21,8 @@ pub struct EvalSummary {
     /// The task or model evaluated.
     pub task: String,
     /// Validation MSE of the network's coordinates as fractions of the model input's width and
-    /// height, against the labels moved by the contract's point offset (what the net learns).
+    /// height, against the labels moved by the contract's point offset (where the contract
+    /// expects the net's points).
     pub mse: f64,
     /// Mean Euclidean error per landmark in pixels of the photos.
     pub mean_px_error: f64,
@@ -70,14 +71,14 @@ pub fn evaluate(
     let examples = data.val_examples();
     let predicted = contract.predict(net, &examples, &device);
     let truth: Vec<Vec<Point>> = examples.iter().map(|e| e.points.clone()).collect();
-    // The net's own output is compared with the labels moved as it learnt them: the contract
-    // adds its point offset only in photo pixels.
-    let learnt: Vec<Vec<Point>> = data
+    // The net's own output is compared with the labels moved by the contract's point offset,
+    // which is added back only in photo pixels.
+    let expected: Vec<Vec<Point>> = data
         .val
         .iter()
-        .map(|s| s.example_with_labels_moved(contract.point_offset).points)
+        .map(|s| s.labels_moved(contract.point_offset))
         .collect();
-    let mse = point_errors(&predicted, &learnt).mse;
+    let mse = point_errors(&predicted, &expected).mse;
     let to_photo = |shapes: &[Vec<Point>]| -> Vec<Vec<Point>> {
         data.val
             .iter()

@@ -16,8 +16,8 @@
 //!     cargo nextest run -p facemark --test fuzz --no-capture
 //! ```
 //!
-//! Real files come from `$FACEMARK_DATA` (default `../shared/data` beside the workspace) and the shipped models;
-//! without the data folder only the arbitrary-bytes cases run.
+//! Real files come from `$FACEMARK_DATA` (default `../shared/data` beside the workspace) and the
+//! shipped models; without the data folder only the arbitrary-bytes cases run.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
