@@ -51,7 +51,7 @@ impl Teacher {
             (ModelConfig::Heatmap(config), KeypointNet::Heatmap(net)) => {
                 let alone =
                     EnsembleConfig::new(vec![config.clone()], config.decoding).map_err(invalid)?;
-                Ensemble::from_members(vec![net], &alone)
+                Ensemble::from_members(vec![net], &alone, &device)
             }
             (ModelConfig::Ensemble(_), KeypointNet::Ensemble(net)) => net,
             (config, _) => {

@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::contract::InferenceContract;
-use crate::model::{Ensemble, EnsembleConfig, KeypointNet, ModelConfig};
+use crate::model::{Ensemble, EnsembleConfig, EnsemblePass, KeypointNet, ModelConfig};
 use crate::recipe::TrainConfig;
 
 /// Errors reading or writing a run directory or a shipped model.
@@ -602,36 +602,34 @@ pub fn ship(run: &Path, name: &str) -> Result<PathBuf, RunError> {
 ///
 /// `MODEL@SIDE` runs a member at another input side than it was trained at (its fully
 /// convolutional net sees the face larger or smaller): several sides of one model average its
-/// maps over scales, as test-time augmentation.
+/// maps over scales, as test-time augmentation, and its weights are stored once.
 pub fn assemble_ensemble(members: &[String], out: &Path) -> Result<PathBuf, RunError> {
     let device = crate::backend::device();
-    let loaded = members
-        .iter()
-        .map(|m| {
-            let (name, side) = match m.rsplit_once('@') {
-                Some((name, side)) => match side.parse::<usize>() {
-                    Ok(side) => (name, Some(side)),
-                    Err(_) => (m.as_str(), None),
-                },
-                None => (m.as_str(), None),
-            };
-            let mut member = load_trained(name, &device)?;
-            if let (Some(side), ModelConfig::Heatmap(config)) = (side, &mut member.config.model) {
-                config.unet.input_size = side;
-                crate::model::Family::validate(config).map_err(|reason| RunError::Invalid {
-                    path: member.source.clone(),
-                    reason: format!("{m}: {reason}"),
-                })?;
-                // The net itself is size-free but for its shape prior, drawn at its side.
-                member.net = load_model(member.config.model.init(&device), &member.source)?;
-            }
-            Ok(member)
-        })
-        .collect::<Result<Vec<_>, RunError>>()?;
     let invalid = |source: &Path, reason: String| RunError::Invalid {
         path: source.to_owned(),
         reason,
     };
+    // Each distinct model once, and every pass as (that model's index, its side if given).
+    let mut loaded: Vec<LoadedModel> = Vec::new();
+    let mut requested = Vec::new();
+    for m in members {
+        let (name, side) = match m.rsplit_once('@') {
+            Some((name, side)) => match side.parse::<usize>() {
+                Ok(side) => (name, Some(side)),
+                Err(_) => (m.as_str(), None),
+            },
+            None => (m.as_str(), None),
+        };
+        let member = load_trained(name, &device)?;
+        let index = match loaded.iter().position(|l| l.source == member.source) {
+            Some(index) => index,
+            None => {
+                loaded.push(member);
+                loaded.len() - 1
+            }
+        };
+        requested.push((index, side));
+    }
     let Some(first) = loaded.first() else {
         return Err(invalid(out, "an ensemble needs at least one member".into()));
     };
@@ -677,7 +675,13 @@ pub fn assemble_ensemble(members: &[String], out: &Path) -> Result<PathBuf, RunE
         configs.push(config.clone());
         nets.push(net);
     }
-    let ensemble = EnsembleConfig::new(configs, first.contract.decoding)
+    let passes = (requested.iter())
+        .map(|&(member, side)| EnsemblePass {
+            member,
+            side: side.unwrap_or(configs[member].unet.input_size),
+        })
+        .collect();
+    let ensemble = EnsembleConfig::with_passes(configs, passes, first.contract.decoding)
         .map_err(|reason| invalid(out, reason))?;
     let mut config = first.config.clone();
     config.faces.crop.size = ensemble.input_size;
@@ -687,14 +691,14 @@ pub fn assemble_ensemble(members: &[String], out: &Path) -> Result<PathBuf, RunE
         .iter()
         .map(|m| m.config.faces.val_fraction)
         .fold(f32::INFINITY, f32::min);
-    let net = KeypointNet::Ensemble(Ensemble::from_members(nets, &ensemble));
+    let net = KeypointNet::Ensemble(Ensemble::from_members(nets, &ensemble, &device));
     config.model = ModelConfig::Ensemble(ensemble);
     let mut contract = config.contract();
     contract.mirror_average = first.contract.mirror_average;
-    // The members' maps are averaged, so their points' offsets are too.
-    let n = loaded.len() as f32;
-    contract.point_offset = loaded.iter().fold([0.0, 0.0], |sum, m| {
-        let [dx, dy] = m.contract.point_offset;
+    // The passes' maps are averaged, so their points' offsets are too.
+    let n = requested.len() as f32;
+    contract.point_offset = requested.iter().fold([0.0, 0.0], |sum, &(member, _)| {
+        let [dx, dy] = loaded[member].contract.point_offset;
         [sum[0] + dx / n, sum[1] + dy / n]
     });
     save_model_half(&net, &out.join("model.bpk"))?;
@@ -838,7 +842,14 @@ mod tests {
         let KeypointNet::Ensemble(ensemble) = &loaded.net else {
             panic!("not an ensemble: {:?}", loaded.config.model.family_name());
         };
-        assert_eq!(ensemble.members.len(), 3);
+        // `a`'s weights are stored once for its two passes.
+        assert_eq!(ensemble.members.len(), 2);
+        let ModelConfig::Ensemble(config) = &loaded.config.model else {
+            panic!("not an ensemble config");
+        };
+        let passes: Vec<(usize, usize)> =
+            config.passes.iter().map(|p| (p.member, p.side)).collect();
+        assert_eq!(passes, [(0, 32), (0, 64), (1, 64)]);
         assert_eq!(loaded.contract.input_width, 64);
         assert_eq!(loaded.config.faces.crop.size, 64);
         let example = crate::data::Example {

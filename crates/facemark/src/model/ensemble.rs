@@ -19,17 +19,49 @@ use crate::decode::{Decoding, Output, map_probabilities};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnsembleConfig {
-    /// The members' own settings, in the order their weights are stored.
+    /// The distinct trained nets' own settings, in the order their weights are stored.
     pub members: Vec<HeatmapNetConfig>,
-    /// The side of the square input the ensemble is fed (its largest member's).
+    /// Which member runs at which input side; the passes' maps are averaged. Empty (as stored
+    /// before passes existed) means each member once at its own side.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passes: Vec<EnsemblePass>,
+    /// The side of the square input the ensemble is fed (its largest pass's).
     pub input_size: usize,
     pub decoding: Decoding,
 }
 
+/// One run of a member: several passes of one member at different sides average its maps over
+/// scales (test-time augmentation) while its weights are stored once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnsemblePass {
+    /// Index into [`EnsembleConfig::members`].
+    pub member: usize,
+    /// The input side the member sees (its fully convolutional net sees the face larger or
+    /// smaller than it was trained at).
+    pub side: usize,
+}
+
 impl EnsembleConfig {
     /// An ensemble of `members` (at least one, all trained with cross-entropy on the same
-    /// landmarks), fed at the largest member's input size.
+    /// landmarks), each run once at its own side.
     pub fn new(members: Vec<HeatmapNetConfig>, decoding: Decoding) -> Result<Self, String> {
+        let passes = members
+            .iter()
+            .enumerate()
+            .map(|(member, m)| EnsemblePass {
+                member,
+                side: m.unet.input_size,
+            })
+            .collect();
+        Self::with_passes(members, passes, decoding)
+    }
+
+    /// An ensemble of `members` run as `passes` (at least one), fed at the largest pass's side.
+    pub fn with_passes(
+        members: Vec<HeatmapNetConfig>,
+        passes: Vec<EnsemblePass>,
+        decoding: Decoding,
+    ) -> Result<Self, String> {
         let Some(first) = members.first() else {
             return Err("an ensemble needs at least one member".into());
         };
@@ -47,25 +79,61 @@ impl EnsembleConfig {
                 m.unet.points
             ));
         }
-        let input_size = members.iter().map(|m| m.unet.input_size).max().unwrap_or(0);
+        for pass in &passes {
+            let Some(member) = members.get(pass.member) else {
+                return Err(format!(
+                    "a pass runs member {} of {}",
+                    pass.member + 1,
+                    members.len()
+                ));
+            };
+            let mut at_side = member.clone();
+            at_side.unet.input_size = pass.side;
+            Family::validate(&at_side).map_err(|e| format!("a pass at side {}: {e}", pass.side))?;
+        }
+        let Some(input_size) = passes.iter().map(|p| p.side).max() else {
+            return Err("an ensemble needs at least one pass".into());
+        };
         Ok(Self {
             members,
+            passes,
             input_size,
             decoding,
         })
     }
 
+    /// The passes, including the implicit ones of an ensemble stored before passes existed.
+    pub fn passes(&self) -> Vec<EnsemblePass> {
+        if !self.passes.is_empty() {
+            return self.passes.clone();
+        }
+        (self.members.iter().enumerate())
+            .map(|(member, m)| EnsemblePass {
+                member,
+                side: m.unet.input_size,
+            })
+            .collect()
+    }
+
     pub fn init(&self, device: &Device) -> Ensemble {
-        Ensemble::from_members(self.members.iter().map(|m| m.init(device)).collect(), self)
+        let members = self.members.iter().map(|m| m.init(device)).collect();
+        Ensemble::from_members(members, self, device)
     }
 }
 
 #[derive(Module, Debug)]
 pub struct Ensemble {
     pub members: Vec<HeatmapNet>,
-    /// Each member's input side.
     #[module(skip)]
-    sides: Vec<usize>,
+    passes: Vec<Pass>,
+}
+
+/// A pass with the shape prior drawn at its side.
+#[derive(Debug, Clone)]
+struct Pass {
+    member: usize,
+    side: usize,
+    log_prior: Option<Tensor<4>>,
 }
 
 /// `x` resized to `side` x `side` (bilinear, pixel centres aligned), or `x` itself at that size.
@@ -92,11 +160,19 @@ pub fn resized_probabilities(maps: Tensor<4>, side: usize) -> Tensor<4> {
 
 impl Ensemble {
     /// Assembles trained members (their order must match `config.members`).
-    pub fn from_members(members: Vec<HeatmapNet>, config: &EnsembleConfig) -> Self {
-        Self {
-            members,
-            sides: config.members.iter().map(|m| m.unet.input_size).collect(),
-        }
+    pub fn from_members(
+        members: Vec<HeatmapNet>,
+        config: &EnsembleConfig,
+        device: &Device,
+    ) -> Self {
+        let passes = (config.passes().into_iter())
+            .map(|pass| Pass {
+                member: pass.member,
+                side: pass.side,
+                log_prior: config.members[pass.member].log_prior_at(pass.side, device),
+            })
+            .collect();
+        Self { members, passes }
     }
 
     pub fn fold_batch_norm(self) -> Self {
@@ -106,45 +182,46 @@ impl Ensemble {
                 .into_iter()
                 .map(HeatmapNet::fold_batch_norm)
                 .collect(),
-            sides: self.sides,
+            passes: self.passes,
         }
     }
 
-    /// `[batch, 1, S, S] -> [batch, K, S, S]`: the mean of the members' probability maps.
+    /// `[batch, 1, S, S] -> [batch, K, S, S]`: the mean of the passes' probability maps.
     pub fn output(&self, images: Tensor<4>) -> Output {
         Output::Heatmaps(self.probabilities(images))
     }
 
-    /// The mean of the members' probability maps, at the input's side.
+    /// Each pass's logits, for `images` resized to its side.
+    fn pass_logits<'a>(
+        &'a self,
+        images: &'a Tensor<4>,
+    ) -> impl Iterator<Item = (&'a HeatmapNet, Tensor<4>)> + 'a {
+        self.passes.iter().map(move |pass| {
+            let member = &self.members[pass.member];
+            let logits = member
+                .logits_with_prior(resized(images.clone(), pass.side), pass.log_prior.as_ref());
+            (member, logits)
+        })
+    }
+
+    /// The mean of the passes' probability maps, at the input's side.
     pub fn probabilities(&self, images: Tensor<4>) -> Tensor<4> {
         let [_, _, h, _] = images.dims();
-        let mut sum: Option<Tensor<4>> = None;
-        for (member, &side) in self.members.iter().zip(&self.sides) {
-            let probabilities = resized_probabilities(
-                map_probabilities(member.logits(resized(images.clone(), side))),
-                h,
-            );
-            sum = Some(match sum {
-                Some(total) => total + probabilities,
-                None => probabilities,
-            });
-        }
+        let sum = (self.pass_logits(&images))
+            .map(|(_, logits)| resized_probabilities(map_probabilities(logits), h))
+            .reduce(|total, probabilities| total + probabilities);
         match sum {
-            Some(total) => total.div_scalar(self.members.len() as f32),
+            Some(total) => total.div_scalar(self.passes.len() as f32),
             None => images,
         }
     }
 
-    /// The mean of the members' training losses (an ensemble is not trained, but its validation
+    /// The mean of the passes' training losses (an ensemble is not trained, but its validation
     /// loss is still reported beside its members').
     pub fn loss(&self, images: Tensor<4>, examples: &[Example]) -> Tensor<1> {
-        let losses = self
-            .members
-            .iter()
-            .zip(&self.sides)
-            .map(|(member, &side)| member.loss(resized(images.clone(), side), examples));
-        let n = self.members.len().max(1) as f32;
-        losses
+        let n = self.passes.len().max(1) as f32;
+        (self.pass_logits(&images))
+            .map(|(member, logits)| member.loss_of_logits(logits, examples, None))
             .reduce(|a, b| a + b)
             .unwrap_or_else(|| Tensor::zeros([1], &images.device()))
             .div_scalar(n)
@@ -251,6 +328,54 @@ mod tests {
         // Each map is a mean of probability maps: it still sums to about 1.
         let sums = values(maps.reshape([6, 64 * 64]).sum_dim(1).reshape([6, 1, 1, 1]));
         assert!(sums.iter().all(|s| (s - 1.0).abs() < 0.02), "{sums:?}");
+    }
+
+    #[test]
+    fn one_member_at_two_sides_averages_its_maps_over_scales() {
+        let passes = vec![
+            EnsemblePass {
+                member: 0,
+                side: 32,
+            },
+            EnsemblePass {
+                member: 0,
+                side: 64,
+            },
+        ];
+        let config =
+            EnsembleConfig::with_passes(vec![member(32)], passes, Decoding::LocalMean).unwrap();
+        assert_eq!(config.input_size, 64);
+        let ensemble = config.init(&Device::flex());
+        assert_eq!(ensemble.members.len(), 1);
+        let images = random_images(64);
+        let at_64 = ensemble.members[0].heatmaps(images.clone());
+        let at_32 = resized_probabilities(
+            ensemble.members[0].heatmaps(resized(images.clone(), 32)),
+            64,
+        );
+        let expected = values((at_64 + at_32).div_scalar(2.0));
+        let together = values(ensemble.output(images).into_maps().unwrap());
+        let gap = (expected.iter().zip(&together)).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(gap < 1e-6, "{gap}");
+
+        let out_of_range = vec![EnsemblePass {
+            member: 1,
+            side: 32,
+        }];
+        let err = EnsembleConfig::with_passes(vec![member(32)], out_of_range, Decoding::LocalMean)
+            .unwrap_err();
+        assert!(err.contains("member 2 of 1"), "{err}");
+    }
+
+    #[test]
+    fn an_ensemble_stored_before_passes_runs_each_member_at_its_side() {
+        let config =
+            EnsembleConfig::new(vec![member(32), member(64)], Decoding::LocalMean).unwrap();
+        let mut stored = serde_json::to_value(&config).unwrap();
+        stored.as_object_mut().unwrap().remove("passes");
+        let read: EnsembleConfig = serde_json::from_value(stored).unwrap();
+        assert!(read.passes.is_empty());
+        assert_eq!(read.passes(), config.passes());
     }
 
     #[test]

@@ -51,8 +51,18 @@ pub struct HeatmapNetConfig {
 
 impl HeatmapNetConfig {
     pub fn init(&self, device: &Device) -> HeatmapNet {
-        let side = self.unet.input_size;
-        let log_prior = match (&self.shape_prior, self.use_shape_prior, self.loss) {
+        HeatmapNet {
+            unet: self.unet.init(device),
+            target: self.target,
+            loss: self.loss,
+            log_prior: self.log_prior_at(self.unet.input_size, device),
+        }
+    }
+
+    /// The `[1, K, side, side]` log shape prior added to the logits of a `side` x `side` input,
+    /// if the recipe uses one (the net is size-free, its prior is not).
+    pub fn log_prior_at(&self, side: usize, device: &Device) -> Option<Tensor<4>> {
+        match (&self.shape_prior, self.use_shape_prior, self.loss) {
             (Some(prior), true, HeatmapLoss::CrossEntropy) => {
                 let values = prior.log_maps(side, side);
                 let shape = [1, prior.mean.len(), side, side];
@@ -63,12 +73,6 @@ impl HeatmapNetConfig {
                 )
             }
             _ => None,
-        };
-        HeatmapNet {
-            unet: self.unet.init(device),
-            target: self.target,
-            loss: self.loss,
-            log_prior,
         }
     }
 
@@ -120,7 +124,17 @@ impl HeatmapNet {
 
     /// The U-Net's maps plus the shape prior, if any.
     pub(crate) fn logits(&self, images: Tensor<4>) -> Tensor<4> {
-        match &self.log_prior {
+        self.logits_with_prior(images, self.log_prior.as_ref())
+    }
+
+    /// The U-Net's maps plus `log_prior` (drawn at the input's side), if any: how an ensemble
+    /// runs one net at several sides.
+    pub(crate) fn logits_with_prior(
+        &self,
+        images: Tensor<4>,
+        log_prior: Option<&Tensor<4>>,
+    ) -> Tensor<4> {
+        match log_prior {
             // At inference the prior is added as the head's sums are stored.
             Some(prior) => crate::kernels::forward_conv_plus_map(
                 self.unet.head(),
@@ -144,8 +158,17 @@ impl HeatmapNet {
         examples: &[Example],
         teacher: Option<(Tensor<4>, f32)>,
     ) -> Tensor<1> {
-        let device = images.device();
-        let logits = self.logits(images);
+        self.loss_of_logits(self.logits(images), examples, teacher)
+    }
+
+    /// [`Self::loss_toward`] of logits already computed.
+    pub(crate) fn loss_of_logits(
+        &self,
+        logits: Tensor<4>,
+        examples: &[Example],
+        teacher: Option<(Tensor<4>, f32)>,
+    ) -> Tensor<1> {
+        let device = logits.device();
         let [b, k, h, w] = logits.dims();
         let peak_one = self.loss == HeatmapLoss::Mse;
         let targets: Vec<f32> = examples

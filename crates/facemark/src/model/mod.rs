@@ -22,7 +22,7 @@ use crate::data::{Example, Point};
 use crate::decode::{Decoding, Output};
 use crate::heatmap::TargetKind;
 
-pub use ensemble::{Ensemble, EnsembleConfig};
+pub use ensemble::{Ensemble, EnsembleConfig, EnsemblePass};
 pub use heatmap_net::{HeatmapLoss, HeatmapNet, HeatmapNetConfig};
 pub use imm_net::{ImmNet, ImmNetConfig, Pooling};
 pub use nose_net::{NoseNet, NoseNetConfig};
