@@ -59,6 +59,10 @@ pub enum Command {
         /// A dlib XML file or a folder of image + .pts pairs to evaluate on (face-box models).
         #[arg(long)]
         labels: Option<PathBuf>,
+        /// Evaluate on the validation faces in this label file's boxes instead of the training
+        /// crop's (e.g. labels_300w_train_hogbox.xml: dlib's HOG boxes), refined as --refine says.
+        #[arg(long, conflicts_with = "labels")]
+        val_boxes: Option<PathBuf>,
         /// Also draw the best and worst faces, per-landmark errors and the CED here.
         #[arg(long)]
         figures: Option<PathBuf>,
@@ -131,6 +135,10 @@ pub enum Command {
         labels: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Landmark passes after the first, each from the previous pass's own landmark box (0: the
+        /// labels' boxes only), as `predict --boxes` looks.
+        #[arg(long, default_value_t = 1)]
+        refine: usize,
     },
     /// Draw the first convolution layer's filters.
     Filters {
@@ -152,6 +160,10 @@ pub enum Command {
         /// A dlib XML file or .pts folder: compare CED curves on it.
         #[arg(long)]
         labels: Option<PathBuf>,
+        /// Landmark passes after the first, each from the previous pass's own landmark box
+        /// (0: the labels' boxes only), as `eval --labels` and `predict --boxes` look.
+        #[arg(long, default_value_t = 1, requires = "labels")]
+        refine: usize,
     },
     /// Measure a face-box model's mean offset from the labels on its training faces (the constant
     /// error that training on mirrored faces leaves) and, with --write, give it back at inference.
@@ -218,7 +230,9 @@ pub struct DetectorArgs {
     /// Detector: faces scoring below this are dropped.
     #[arg(long, default_value_t = 2.0, value_parser = parse_score_threshold)]
     pub score_threshold: f64,
-    /// Landmark passes from the first pass's own landmark box (0: the detector's box only).
+    /// Landmark passes after the first, each from the previous pass's own landmark box (the kind
+    /// of box the 300-W models were trained on), for detected and given boxes alike (0: the
+    /// detector's or given box only).
     #[arg(long, default_value_t = 1)]
     pub refine: usize,
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use facemark::data::FaceBox;
-use facemark::inference::{FacePipeline, PredictOutputs, Predictor};
+use facemark::inference::{FacePipeline, PredictOutputs};
 use facemark::recipe::TrainConfig;
 use facemark::run::{RunDir, write_atomic};
 use facemark::study::{self, Existing};
@@ -59,6 +59,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval {
             model,
             labels,
+            val_boxes,
             figures,
             json,
             decode,
@@ -73,10 +74,15 @@ fn run(cli: Cli) -> Result<()> {
             }
             _ => eval(
                 &model,
-                labels.as_deref(),
+                match (&labels, &val_boxes) {
+                    (Some(labels), _) => study::EvalFaces::Labels(labels),
+                    (None, Some(boxes)) => study::EvalFaces::ValidationInBoxes(boxes),
+                    (None, None) => study::EvalFaces::Validation,
+                },
                 figures.as_deref(),
                 json,
                 decode,
+                detector.refine,
                 &cli.data,
             ),
         },
@@ -147,8 +153,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             report_failures(&failures, jobs.len())
         }
-        Command::Export { model, labels, out } => {
-            let predictor = Predictor::load(&model)?;
+        Command::Export {
+            model,
+            labels,
+            out,
+            refine,
+        } => {
+            let mut pipeline = FacePipeline::load(&model, Default::default())?;
+            pipeline.refine = refine;
             let jobs: Vec<(PathBuf, Vec<FaceBox>)> = facemark::dataset::read_labels(&labels)?
                 .into_iter()
                 .map(|image| {
@@ -160,7 +172,7 @@ fn run(cli: Cli) -> Result<()> {
                 .collect();
             let mut predictions = Vec::new();
             for (image, boxes) in &jobs {
-                predictions.extend(predictor.predict_file(image, boxes)?);
+                predictions.extend(pipeline.predict_file(image, Some(boxes))?);
             }
             let csv = facemark::inference::competition_csv(&predictions);
             write_atomic(&out, csv.as_bytes())?;
@@ -174,10 +186,15 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {}", out.display());
             Ok(())
         }
-        Command::Compare { runs, out, labels } => {
+        Command::Compare {
+            runs,
+            out,
+            labels,
+            refine,
+        } => {
             match labels {
                 Some(labels) => {
-                    let measured = study::compare_ced(&runs, &labels, &out)?;
+                    let measured = study::compare_ced(&runs, &labels, &out, refine)?;
                     let normaliser = measured.first().map_or("", |(_, m)| m.normaliser.as_str());
                     println!(
                         "| system | faces | NME ({normaliser}) | AUC@0.08 | failures > 0.08 | failures > 0.10 |"
@@ -316,15 +333,20 @@ fn train(args: &TrainArgs, data_root: &Path) -> Result<()> {
 /// `facemark eval`: prints the metrics (JSON or a short text) and optionally draws figures.
 fn eval(
     model: &str,
-    labels: Option<&Path>,
+    faces: study::EvalFaces,
     figures: Option<&Path>,
     json: bool,
     decode: Option<facemark::decode::Decoding>,
+    refine: usize,
     data_root: &Path,
 ) -> Result<()> {
-    let (predictor, data, evaluation) = study::evaluate_model(model, labels, data_root, decode)?;
+    let (predictor, data, evaluation) =
+        study::evaluate_model(model, faces, data_root, decode, refine)?;
     if let Some(dir) = figures {
-        let prefix = if labels.is_some() { "test" } else { "val" };
+        let prefix = match faces {
+            study::EvalFaces::Labels(_) => "test",
+            _ => "val",
+        };
         let (net, contract) = (&predictor.model.net, &predictor.model.contract);
         facemark::report::write_evaluation_figures(dir, prefix, net, contract, &data, &evaluation)
             .with_context(|| format!("drawing figures into {}", dir.display()))?;

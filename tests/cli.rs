@@ -700,21 +700,25 @@ fn shipped_300w_models_meet_their_bars_on_both_test_sets() {
             "{labels}: heatmap NME {heatmap:.2} % is not below ibug68's {resnet:.2} %"
         );
         // The 2.3 ms model (base-16 U-Net at 80x80, mirror-averaged, `local_mean` decoding,
-        // distilled from face68, calibrated): 3.10 % / 3.17 % as shipped (results/face68.md);
-        // issue 13 asks for at most 3.4 % from HOG boxes.
+        // distilled from face68, calibrated): 3.11 % / 3.12 % as shipped (results/face68.md);
+        // issue 13 asks for at most 3.4 % from HOG boxes, also in the one pass its latency bar
+        // times (3.10 % / 3.17 %).
         let fast = nme_of("face68-fast");
+        let one_pass = eval_on_labels(&data, "face68-fast", &labels_path, &["--refine", "0"]);
+        let fast_one_pass = one_pass["nme_inter_ocular"].as_f64().unwrap();
         assert!(
-            fast <= 3.4,
-            "{labels}: face68-fast inter-ocular NME {fast:.3} % (bar: 3.4 %)"
+            fast <= 3.4 && fast_one_pass <= 3.4,
+            "{labels}: face68-fast inter-ocular NME {fast:.3} %, one pass {fast_one_pass:.3} % \
+             (bar: 3.4 %)"
         );
-        // The default model (U-Net of base width 32 at 112x112, `local_mean`, trained on labels
-        // moved by 300-W's offset for 90 epochs, calibrated): 2.80 % / 2.82 % as shipped
-        // (session 18). Issue 13 asks for below 2.8 %, not reached yet: this holds what it
-        // scores, and that it stays the most accurate model shipped.
+        // The default model (U-Net of base width 32 trained at 112x112 on labels moved by 300-W's
+        // offset for 90 epochs, run at 96, 112 and 128 pixels, `local_mean`, calibrated, a second
+        // look from its own landmark box): 2.79 % / 2.78 % as shipped (session 19). Issue 13 asks
+        // for below 2.8 %, and it stays the most accurate model shipped.
         let default = nme_of("face68");
         assert!(
-            default <= 2.85 && default < heatmap && default < fast,
-            "{labels}: face68 inter-ocular NME {default:.3} % (bar: 2.85 %, below heatmap's \
+            default < 2.8 && default < heatmap && default < fast,
+            "{labels}: face68 inter-ocular NME {default:.3} % (bar: below 2.8 %, below heatmap's \
              {heatmap:.3} % and face68-fast's {fast:.3} %)"
         );
     }
@@ -1171,8 +1175,9 @@ fn test_faces_are_scored_against_the_pts_coordinates() {
         (reported - independent).abs() < 0.01,
         "{reported} vs {independent}"
     );
-    // 3.29 % before the shipped contract gave back the labels' offset (session 17).
-    assert!((independent - 3.13).abs() < 0.01, "{independent}");
+    // 3.29 % before the shipped contract gave back the labels' offset (session 17), 3.13 % before
+    // given boxes had a second look from the model's own landmark box (session 19).
+    assert!((independent - 3.08).abs() < 0.01, "{independent}");
 }
 
 /// The whole pipeline with facemark's own detector on 300-W's test faces: the whole-photo issue's
@@ -1195,12 +1200,12 @@ fn own_detector_finds_the_test_faces_and_the_pipeline_meets_its_bar() {
     assert!(nme <= 3.4, "{nme:.2} %");
     assert_eq!(eval["missed"].as_u64().unwrap() + detected, 224);
     // The default model from the detector's boxes scores as it does from the labels' boxes
-    // (2.80 % against 2.80 %; the missed face counts as a failure).
+    // (2.79 % against 2.79 %; the missed face counts as a failure). Issue 13: below 2.8 %.
     let default = eval_on_labels(&data, "face68", &labels, &["--boxes", "detect"]);
     let default_nme = default["nme_inter_ocular"].as_f64().unwrap();
     assert!(
-        default_nme <= 2.85,
-        "face68 from detected boxes: {default_nme:.2} %"
+        default_nme < 2.8,
+        "face68 from detected boxes: {default_nme:.3} %"
     );
 }
 

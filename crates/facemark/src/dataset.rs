@@ -374,9 +374,14 @@ impl Dataset {
         crop: &CropConfig,
         boxes: &[LabeledImage],
     ) -> Result<Self, DataError> {
+        Self::for_evaluation(&self.validation_in_boxes(boxes), crop, &self.scheme)
+    }
+
+    /// The validation faces (photos and points) with the boxes of `boxes` instead, matched by
+    /// photo and position; faces it has no box for are left out.
+    pub fn validation_in_boxes(&self, boxes: &[LabeledImage]) -> Vec<LabeledImage> {
         let by_photo = boxes_by_photo(boxes);
-        let images: Vec<LabeledImage> = self
-            .val_images
+        self.val_images
             .iter()
             .map(|image| LabeledImage {
                 faces: image
@@ -394,8 +399,7 @@ impl Dataset {
                 ..image.clone()
             })
             .filter(|image| !image.faces.is_empty())
-            .collect();
-        Self::for_evaluation(&images, crop, &self.scheme)
+            .collect()
     }
 
     /// The model-ready validation inputs.

@@ -146,13 +146,15 @@ pub fn check_boxes(gray: &GrayImage, boxes: &[FaceBox], source: &Path) -> Result
     Ok(())
 }
 
-/// The whole-photo pipeline: the face detector finds every face, the landmark model finds its
-/// points; with `refine`, the points found in the detector's box give a tight landmark box (the
-/// kind of box the 300-W models were trained on) and the model looks again from there.
+/// The whole-photo pipeline: the face detector finds every face (unless boxes are given), the
+/// landmark model finds its points; with `refine`, the points found in the box give a tight
+/// landmark box (the kind of box the 300-W models were trained on) and the model looks again
+/// from there. A detector's or a user's box frames a face differently from those the model
+/// learned from; its own landmark box does not.
 pub struct FacePipeline {
     pub detector: FaceDetector,
     pub landmarker: Predictor,
-    /// Second passes from the first pass's landmark box (0: the detector's box only).
+    /// Passes after the first, each from the previous pass's landmark box (0: the box only).
     pub refine: usize,
 }
 
@@ -173,8 +175,9 @@ impl FacePipeline {
     }
 
     /// The faces of a decoded photo, as `facemark predict` finds them: in `boxes` when given
-    /// (checked against the photo first; no refinement), else every face the detector finds. A
-    /// whole-image model (IMM) ignores boxes and answers once for the whole photo.
+    /// (checked against the photo first), else in every face the detector finds; refined as
+    /// `refine` says either way. A whole-image model (IMM) ignores boxes and answers once for the
+    /// whole photo.
     pub fn predict(
         &self,
         gray: &GrayImage,
@@ -186,9 +189,18 @@ impl FacePipeline {
             None => Ok(self.landmarker.predict_gray(gray, &[], source)),
             Some(boxes) => {
                 check_boxes(gray, boxes, source)?;
-                Ok(self.landmarker.predict_gray(gray, boxes, source))
+                Ok(self.landmarks_from(gray, boxes, source))
             }
         }
+    }
+
+    /// [`FacePipeline::predict`] of the photo at `path`.
+    pub fn predict_file(
+        &self,
+        path: &Path,
+        boxes: Option<&[FaceBox]>,
+    ) -> Result<Vec<Prediction>, DataError> {
+        self.predict(&load_photo(path)?.into_luma8(), boxes, path)
     }
 
     /// Every face of a decoded photo with its points (one batched landmark pass per refinement).
@@ -205,8 +217,8 @@ impl FacePipeline {
             .collect()
     }
 
-    /// The points in each of `boxes` (detector boxes), refined as the pipeline says; the reported
-    /// box stays the detector's.
+    /// The points in each of `boxes` (detected or given), refined as the pipeline says; the
+    /// reported box stays the one given.
     pub fn landmarks_from(
         &self,
         gray: &GrayImage,
@@ -520,4 +532,35 @@ pub fn detect_photos(
         write_output(path, text.as_bytes())?;
     }
     Ok((found, failures))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_boxes_are_refined_from_the_models_own_landmark_box() {
+        let image = crate::test_data::data_root().join("ibug_300w/lfpw/testset/image_0001.jpg");
+        if !image.is_file() {
+            eprintln!("SKIPPED: no {}", image.display());
+            return;
+        }
+        let gray = load_photo(&image).unwrap().into_luma8();
+        let mut pipeline = FacePipeline::load("face68-fast", DetectorConfig::default()).unwrap();
+        // dlib's HOG box of this face (labels_300w_test_hogbox.xml).
+        let given = [FaceBox::new(118.0, 77.0, 187.0, 187.0)];
+        let in_box = |boxes: &[FaceBox]| pipeline.landmarker.predict_gray(&gray, boxes, &image);
+
+        pipeline.refine = 0;
+        let once = pipeline.predict(&gray, Some(&given), &image).unwrap();
+        assert_eq!(once[0].points, in_box(&given)[0].points);
+
+        pipeline.refine = 1;
+        let refined = pipeline.predict(&gray, Some(&given), &image).unwrap();
+        let own_box = tight_box(&once[0].points).unwrap();
+        assert_eq!(refined[0].points, in_box(&[own_box])[0].points);
+        assert_ne!(refined[0].points, once[0].points);
+        // The reported box stays the one given.
+        assert_eq!(refined[0].bbox, Some([118.0, 77.0, 187.0, 187.0]));
+    }
 }
