@@ -209,6 +209,10 @@ pub enum Command {
         /// Single faces timed for the latency figure (`"bench": "latency"`, `ms_per_face`).
         #[arg(long, default_value_t = 100)]
         faces: usize,
+        /// Latency: landmark passes after the first, each from the previous pass's own landmark
+        /// box (0: crop, forward and decode once; `predict --box` refines once by default).
+        #[arg(long, default_value_t = 0)]
+        refine: usize,
         /// Run only these benchmarks (comma-separated; default all).
         #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(facemark::bench::BENCHMARKS))]
         only: Vec<String>,

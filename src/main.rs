@@ -252,6 +252,7 @@ fn run(cli: Cli) -> Result<()> {
             size,
             faces,
             only,
+            refine,
         } => {
             let duration = Duration::from_secs_f64(seconds);
             let mut config =
@@ -265,7 +266,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(r).unwrap_or_default());
             })?;
             if config.wants("latency") {
-                let latency = facemark::bench::latency(&config, data.as_ref().ok(), faces)?;
+                let latency = facemark::bench::latency(&config, data.as_ref().ok(), faces, refine)?;
                 println!("{}", serde_json::to_string(&latency)?);
             }
             if let Some(mib) = facemark::bench::peak_memory_mib() {

@@ -52,8 +52,10 @@ class Landmarker:
 
     `model` is a shipped model's name (`facemark.shipped_models()`) or a training run's directory;
     None loads the best shipped 68-point model. `min_face` is the smallest face looked for, in
-    pixels (None: the detector's default, 40, as the command's); `refine` the landmark passes from the first pass's own tight box (as the command's
-    `--min-face` and `--refine`). The GIL is released while facemark computes.
+    pixels (None: the detector's default, 40, as the command's); `refine` the landmark passes
+    after the first, each from the previous pass's own tight box, in detected and given boxes
+    alike (as the command's `--min-face` and `--refine`). The GIL is released while facemark
+    computes.
     """
 
     def __init__(
@@ -72,8 +74,8 @@ class Landmarker:
     def __call__(self, image: Image) -> list[Face]:
         """Every face the detector finds in `image`, surest first."""
     def predict(self, image: Image, boxes: Sequence[Box] | None = None) -> list[Face]:
-        """The faces in `boxes` (no detection, no refinement: the points `facemark predict
-        --box` gives), or every face the detector finds when `boxes` is None."""
+        """The faces in `boxes` (no detection, refined as `refine` says: the points `facemark
+        predict --box` gives), or every face the detector finds when `boxes` is None."""
     def predict_batch(
         self, images: Sequence[Image], boxes: Sequence[Sequence[Box]] | None = None
     ) -> list[list[Face]]:

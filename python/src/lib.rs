@@ -340,8 +340,9 @@ struct Landmarker {
 impl Landmarker {
     /// `model`: a shipped model's name or a run directory (default: the best shipped 68-point
     /// model); `min_face`: the smallest face looked for, in pixels (default: the detector's,
-    /// as `facemark predict`); `refine`: landmark passes from the first pass's tight box (as
-    /// `facemark predict --min-face --refine`).
+    /// as `facemark predict`); `refine`: landmark passes after the first, each from the previous
+    /// pass's tight box, in detected and given boxes alike (as `facemark predict --min-face
+    /// --refine`).
     #[new]
     #[pyo3(signature = (model=None, *, min_face=None, refine=1))]
     fn new(

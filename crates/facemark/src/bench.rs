@@ -216,7 +216,8 @@ pub fn run(
 }
 
 /// Single-face latency: what one face costs from a decoded photo to its points, with the model's
-/// own test-time settings (crop, forward, decode, mirror averaging).
+/// own test-time settings (crop, forward, decode, mirror averaging) and `refine` more passes from
+/// its own landmark box.
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencyResult {
     pub bench: &'static str,
@@ -228,6 +229,8 @@ pub struct LatencyResult {
     pub ms_per_face: f64,
     pub p90_ms: f64,
     pub mirror_average: bool,
+    /// Passes after the first, each from the previous pass's landmark box (0: one pass).
+    pub refine: usize,
 }
 
 /// Times `faces` single faces (the validation faces of `data` when given, else a synthetic photo)
@@ -236,6 +239,7 @@ pub fn latency(
     config: &BenchConfig,
     data: Option<&Dataset>,
     faces: usize,
+    refine: usize,
 ) -> Result<LatencyResult, crate::run::RunError> {
     let device = crate::backend::device();
     let net = match &config.weights {
@@ -270,7 +274,7 @@ pub fn latency(
     for i in 0..faces.max(1) + 3 {
         let (gray, boxes) = &photos[i % photos.len()];
         let started = Instant::now();
-        let _ = predictor.predict_gray(gray, boxes, source);
+        let _ = predictor.predict_refined(gray, boxes, source, refine);
         if i >= 3 {
             times.push(started.elapsed().as_secs_f64() * 1e3);
         }
@@ -284,6 +288,7 @@ pub fn latency(
         ms_per_face,
         p90_ms: times[times.len() * 9 / 10],
         mirror_average: predictor.model.contract.mirror_average,
+        refine,
     })
 }
 

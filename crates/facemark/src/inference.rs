@@ -91,6 +91,37 @@ impl Predictor {
         Ok(self.predict_gray(&gray, boxes, path))
     }
 
+    /// [`Predictor::predict_gray`] and then `refine` more passes, each from the tight box of the
+    /// points the pass before found (for a face-box model); the reported boxes stay `boxes`.
+    pub fn predict_refined(
+        &self,
+        gray: &GrayImage,
+        boxes: &[FaceBox],
+        source: &Path,
+        refine: usize,
+    ) -> Vec<Prediction> {
+        let mut predictions = self.predict_gray(gray, boxes, source);
+        if !self.needs_face_box() || refine == 0 {
+            return predictions;
+        }
+        for _ in 0..refine {
+            let own_boxes: Vec<FaceBox> = predictions
+                .iter()
+                .zip(boxes)
+                .map(|(p, given)| tight_box(&p.points).unwrap_or(*given))
+                .collect();
+            predictions = self.predict_gray(gray, &own_boxes, source);
+        }
+        predictions
+            .into_iter()
+            .zip(boxes)
+            .map(|(p, b)| Prediction {
+                bbox: Some([b.left, b.top, b.width, b.height]),
+                ..p
+            })
+            .collect()
+    }
+
     /// Finds the landmarks in a decoded grey image (all its faces in one batched pass); `source`
     /// names it in the predictions.
     pub fn predict_gray(
@@ -225,26 +256,8 @@ impl FacePipeline {
         boxes: &[FaceBox],
         source: &Path,
     ) -> Vec<Prediction> {
-        if !self.landmarker.needs_face_box() {
-            return self.landmarker.predict_gray(gray, &[], source);
-        }
-        let mut predictions = self.landmarker.predict_gray(gray, boxes, source);
-        for _ in 0..self.refine {
-            let tight: Vec<FaceBox> = predictions
-                .iter()
-                .zip(boxes)
-                .map(|(p, given)| tight_box(&p.points).unwrap_or(*given))
-                .collect();
-            predictions = self.landmarker.predict_gray(gray, &tight, source);
-        }
-        predictions
-            .into_iter()
-            .zip(boxes)
-            .map(|(p, b)| Prediction {
-                bbox: Some([b.left, b.top, b.width, b.height]),
-                ..p
-            })
-            .collect()
+        self.landmarker
+            .predict_refined(gray, boxes, source, self.refine)
     }
 }
 
