@@ -149,13 +149,69 @@ fn resized(x: Tensor<4>, side: usize) -> Tensor<4> {
 }
 
 /// Probability maps resized to `side` x `side`, each still summing to 1: resizing spreads a map's
-/// mass over (side / h)^2 times the pixels, so it is scaled back.
+/// mass over (side / h)^2 times the pixels, so it is scaled back. The resize is [`resized`]'s
+/// bilinear one computed separably (rows, then columns): burn's per-pixel loop took a quarter of
+/// a three-side ensemble's time for its 68 maps per face.
 pub fn resized_probabilities(maps: Tensor<4>, side: usize) -> Tensor<4> {
-    let [_, _, h, _] = maps.dims();
-    if h == side {
+    let [b, k, h, w] = maps.dims();
+    if (h, w) == (side, side) {
         return maps;
     }
-    resized(maps, side).mul_scalar((h * h) as f32 / (side * side) as f32)
+    let device = maps.device();
+    let values = maps.into_data().convert::<f32>();
+    let values = values.as_slice::<f32>().unwrap_or_default();
+    let scale = (h * w) as f32 / (side * side) as f32;
+    let resized = bilinear_planes(values, [h, w], [side, side], scale);
+    Tensor::from_data(TensorData::new(resized, [b, k, side, side]), &device)
+}
+
+/// Where output pixel `o` of `out` samples an axis of `len` pixels (pixel centres aligned, as
+/// burn's bilinear interpolation without `align_corners`): the lower and upper source pixels and
+/// the upper one's weight.
+fn bilinear_taps(len: usize, out: usize) -> Vec<(usize, usize, f32)> {
+    let ratio = len as f64 / out as f64;
+    (0..out)
+        .map(|o| {
+            let x = (o as f64 + 0.5) * ratio - 0.5;
+            let low = x.floor().max(0.0) as usize;
+            let high = (low + 1).min(len - 1);
+            (low, high, (x - low as f64).max(0.0) as f32)
+        })
+        .collect()
+}
+
+/// Every `[h, w]` plane of `values` resized to `[out_h, out_w]` (bilinear) and multiplied by
+/// `scale`, planes in parallel.
+fn bilinear_planes(
+    values: &[f32],
+    [h, w]: [usize; 2],
+    [out_h, out_w]: [usize; 2],
+    scale: f32,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let (rows, columns) = (bilinear_taps(h, out_h), bilinear_taps(w, out_w));
+    let mut out = vec![0.0f32; values.len() / (h * w) * out_h * out_w];
+    out.par_chunks_mut(out_h * out_w)
+        .zip(values.par_chunks(h * w))
+        .for_each(|(out, plane)| {
+            // Each source row resized across once, then pairs of them blended down.
+            let mut across = vec![0.0f32; h * out_w];
+            for (resized, row) in across.chunks_mut(out_w).zip(plane.chunks(w)) {
+                for (o, &(l, r, t)) in resized.iter_mut().zip(&columns) {
+                    *o = row[l] + (row[r] - row[l]) * t;
+                }
+            }
+            for (out_row, &(top, bottom, t)) in out.chunks_mut(out_w).zip(&rows) {
+                let (top, bottom) = (
+                    &across[top * out_w..][..out_w],
+                    &across[bottom * out_w..][..out_w],
+                );
+                for ((o, &a), &b) in out_row.iter_mut().zip(top).zip(bottom) {
+                    *o = (a + (b - a) * t) * scale;
+                }
+            }
+        });
+    out
 }
 
 impl Ensemble {
@@ -365,6 +421,20 @@ mod tests {
         let err = EnsembleConfig::with_passes(vec![member(32)], out_of_range, Decoding::LocalMean)
             .unwrap_err();
         assert!(err.contains("member 2 of 1"), "{err}");
+    }
+
+    #[test]
+    fn probability_maps_resize_as_burns_bilinear_interpolation() {
+        let maps = map_probabilities(random_images(24).repeat_dim(1, 3));
+        for side in [32, 40, 17] {
+            let expected =
+                resized(maps.clone(), side).mul_scalar((24 * 24) as f32 / (side * side) as f32);
+            let got = resized_probabilities(maps.clone(), side);
+            assert_eq!(got.dims(), [2, 3, side, side]);
+            let gap = (values(expected).iter().zip(values(got)))
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(gap < 1e-7, "side {side}: {gap}");
+        }
     }
 
     #[test]
