@@ -862,6 +862,33 @@ fn shipped_heatmap_model_predicts_a_test_photo_from_its_box() {
     assert!(std::fs::read_dir(&drawn).unwrap().count() == 1);
 }
 
+/// `eval --val-boxes` with boxes that frame none of the validation faces, or for a whole-photo
+/// model, is an error that says so, not an empty result.
+#[test]
+fn validation_boxes_that_match_no_face_are_refused() {
+    let Some(data) = ibug_data_dir() else { return };
+    let test_boxes = data.join("ibug_300w/labels_300w_test.xml");
+    for (model, expected) in [("face68-fast", "has a box in"), ("nose", "whole photos")] {
+        let out = facemark(
+            &data,
+            &[
+                "eval",
+                "--model",
+                model,
+                "--val-boxes",
+                test_boxes.to_str().unwrap(),
+                "--json",
+            ],
+        );
+        let message = stderr(&out);
+        assert!(!out.status.success(), "{model}: {}", stdout(&out));
+        assert!(
+            message.contains(expected) && !message.contains("panicked"),
+            "{model}: {message}"
+        );
+    }
+}
+
 #[test]
 fn labels_in_another_markup_are_refused_by_name() {
     let Some(data) = ibug_data_dir() else { return };

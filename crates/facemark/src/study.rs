@@ -125,8 +125,19 @@ pub fn evaluate_model(
             evaluate_labelled(&predictor, name, &read_labels(path)?, refine)?
         }
         EvalFaces::ValidationInBoxes(path) => {
+            if !predictor.needs_face_box() {
+                return Err(StudyError::Unsuitable(format!(
+                    "boxes need a face-box model; {name} sees whole photos"
+                )));
+            }
             let data = load_data(&predictor.model.config, data_root)?;
             let images = data.validation_in_boxes(&read_labels(path)?);
+            if images.is_empty() {
+                return Err(StudyError::Unsuitable(format!(
+                    "none of {name}'s validation faces has a box in {}",
+                    path.display()
+                )));
+            }
             evaluate_labelled(&predictor, name, &images, refine)?
         }
         EvalFaces::Validation => {
