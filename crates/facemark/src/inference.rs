@@ -79,18 +79,6 @@ impl Predictor {
             .predict(&self.model.net, examples, &self.device)
     }
 
-    /// Finds the landmarks in one image file: in each of `boxes` for a face-box model, else in the
-    /// whole image (as the IMM models were trained; `boxes` are then not used).
-    pub fn predict_file(
-        &self,
-        path: &Path,
-        boxes: &[FaceBox],
-    ) -> Result<Vec<Prediction>, DataError> {
-        let gray = load_photo(path)?.into_luma8();
-        check_boxes(&gray, boxes, path)?;
-        Ok(self.predict_gray(&gray, boxes, path))
-    }
-
     /// [`Predictor::predict_gray`] and then `refine` more passes, each from the tight box of the
     /// points the pass before found (for a face-box model); the reported boxes stay `boxes`.
     pub fn predict_refined(
@@ -101,7 +89,7 @@ impl Predictor {
         refine: usize,
     ) -> Vec<Prediction> {
         let mut predictions = self.predict_gray(gray, boxes, source);
-        if !self.needs_face_box() || refine == 0 {
+        if !self.needs_face_box() {
             return predictions;
         }
         for _ in 0..refine {

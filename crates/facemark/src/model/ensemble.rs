@@ -45,14 +45,7 @@ impl EnsembleConfig {
     /// An ensemble of `members` (at least one, all trained with cross-entropy on the same
     /// landmarks), each run once at its own side.
     pub fn new(members: Vec<HeatmapNetConfig>, decoding: Decoding) -> Result<Self, String> {
-        let passes = members
-            .iter()
-            .enumerate()
-            .map(|(member, m)| EnsemblePass {
-                member,
-                side: m.unet.input_size,
-            })
-            .collect();
+        let passes = each_at_its_side(&members);
         Self::with_passes(members, passes, decoding)
     }
 
@@ -104,21 +97,27 @@ impl EnsembleConfig {
 
     /// The passes, including the implicit ones of an ensemble stored before passes existed.
     pub fn passes(&self) -> Vec<EnsemblePass> {
-        if !self.passes.is_empty() {
-            return self.passes.clone();
+        if self.passes.is_empty() {
+            each_at_its_side(&self.members)
+        } else {
+            self.passes.clone()
         }
-        (self.members.iter().enumerate())
-            .map(|(member, m)| EnsemblePass {
-                member,
-                side: m.unet.input_size,
-            })
-            .collect()
     }
 
     pub fn init(&self, device: &Device) -> Ensemble {
         let members = self.members.iter().map(|m| m.init(device)).collect();
         Ensemble::from_members(members, self, device)
     }
+}
+
+/// One pass per member, at the side it was trained at.
+fn each_at_its_side(members: &[HeatmapNetConfig]) -> Vec<EnsemblePass> {
+    (members.iter().enumerate())
+        .map(|(member, m)| EnsemblePass {
+            member,
+            side: m.unet.input_size,
+        })
+        .collect()
 }
 
 #[derive(Module, Debug)]
